@@ -1,0 +1,312 @@
+"""Images in and out of an ImageNet classifier.
+
+Everything the chapter's methods share about pixels lives here: ImageNet
+normalisation and its inverse, the box a normalised pixel lives in (the LRP
+z^B rule needs it), loading and preprocessing photos, the 1000 class names, and
+the chapter's Samoyed photo with an offline fallback.
+
+Shapes: a single image is ``(3, H, W)``, a batch ``(N, 3, H, W)``; display arrays
+are ``(H, W, 3)`` floats in ``[0, 1]``.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+import torchvision
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+from . import _net
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "SAMOYED_URL",
+    "normalize",
+    "denormalize",
+    "pixel_bounds",
+    "pixel_bounds_like",
+    "load_image",
+    "preprocess",
+    "to_image",
+    "imagenet_classes",
+    "samoyed",
+    "samoyed_tensor",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: The chapter's photo (Figures 4, 5, 9, 10), from the PyTorch Hub repository.
+SAMOYED_URL = "https://github.com/pytorch/hub/raw/master/images/dog.jpg"
+
+DOWNLOAD_TIMEOUT = 5.0
+
+ImageLike = Union[Image.Image, np.ndarray, torch.Tensor]
+
+
+# --------------------------------------------------------------------------- #
+# Normalisation
+# --------------------------------------------------------------------------- #
+def _check_image_tensor(x, name: str = "x") -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() not in (3, 4) or x.shape[-3] != 3:
+        raise ValueError(
+            f"{name} has shape {tuple(x.shape)}; expected (3, H, W) or (N, 3, H, W) "
+            "with 3 colour channels"
+        )
+
+
+def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if not x.is_floating_point():
+        raise TypeError(f"expected a floating-point tensor, got dtype {x.dtype}")
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(3, 1, 1)
+    return mean, std
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalise ``x`` (pixels in ``[0, 1]``): ``(x - mean) / std`` per channel.
+
+    ``x``: float tensor ``(3, H, W)`` or ``(N, 3, H, W)``, any device. Returns a new
+    tensor of the same shape, device and dtype. Inverse: :func:`denormalize`.
+    """
+    _check_image_tensor(x)
+    mean, std = _stats(x)
+    return (x - mean) / std
+
+
+def denormalize(x: torch.Tensor) -> torch.Tensor:
+    """Undo :func:`normalize`: ``x * std + mean``; same shapes as :func:`normalize`."""
+    _check_image_tensor(x)
+    mean, std = _stats(x)
+    return x * std + mean
+
+
+def pixel_bounds(device=None, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel range ``(low, high)`` of a normalised pixel, each shaped ``(1, 3, 1, 1)``.
+
+    ``low = (0 - mean) / std`` and ``high = (1 - mean) / std``: the values black and
+    white take after :func:`normalize`. The LRP z^B rule for the input layer
+    (equations.md, item 8) needs them: it assumes ``l_i <= x_i <= h_i`` in the space
+    the network actually sees, which is the normalised one, not ``[0, 1]``.
+    The shape broadcasts against ``(N, 3, H, W)``; see :func:`pixel_bounds_like` for
+    full-size copies.
+    """
+    mean = torch.tensor(IMAGENET_MEAN, device=device, dtype=dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device, dtype=dtype).view(1, 3, 1, 1)
+    return (0 - mean) / std, (1 - mean) / std
+
+
+def pixel_bounds_like(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`pixel_bounds` with ``x``'s shape, device and dtype.
+
+    ``x``: ``(3, H, W)`` or ``(N, 3, H, W)``. The results are contiguous copies, not
+    expanded views, because z^B implementations make them require grad or modify
+    them in place, which a stride-0 view does not allow.
+    """
+    _check_image_tensor(x)
+    if not x.is_floating_point():
+        raise TypeError(f"expected a floating-point tensor, got dtype {x.dtype}")
+    low, high = pixel_bounds(device=x.device, dtype=x.dtype)
+    if x.dim() == 3:
+        low, high = low[0], high[0]
+    return low.expand_as(x).clone(), high.expand_as(x).clone()
+
+
+# --------------------------------------------------------------------------- #
+# Loading and preprocessing
+# --------------------------------------------------------------------------- #
+def _is_url(s) -> bool:
+    return isinstance(s, str) and s.lower().startswith(("http://", "https://"))
+
+
+def _open_rgb(path: Path, source: str) -> Image.Image:
+    with Image.open(path) as im:
+        # convert() reads the pixels, so the file can be closed on leaving the block.
+        img = im.convert("RGB")
+    img.info["source"] = source
+    return img
+
+
+def load_image(path_or_url: Union[str, os.PathLike]) -> Image.Image:
+    """Open a local image file or an http(s) URL as an RGB PIL image.
+
+    URLs are downloaded once (timeout 5 s) into :func:`chapter6_utils._net.cache_dir`
+    and read from there afterwards without touching the network. Offline, an
+    uncached URL raises ``ConnectionError`` at once. ``img.info["source"]`` records
+    where the image came from.
+    """
+    if _is_url(path_or_url):
+        url = path_or_url
+        cached = _net.cache_path_for(url)
+        if not cached.exists():
+            if not _net.online():
+                raise ConnectionError(
+                    f"offline: cannot download {url}. Download it on a machine with "
+                    "internet access and pass the local file instead, e.g. "
+                    "load_image('path/to/image.jpg')."
+                )
+            _net.download(url, cached, timeout=DOWNLOAD_TIMEOUT)
+        return _open_rgb(cached, url)
+
+    path = Path(path_or_url).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"no image file at {str(path)!r}")
+    return _open_rgb(path, str(path))
+
+
+def _to_float_chw(image) -> torch.Tensor:
+    """Any supported image to a float32 ``(3, H, W)`` tensor in ``[0, 1]``."""
+    if isinstance(image, Image.Image):
+        return TF.pil_to_tensor(image.convert("RGB")).float().div_(255.0)
+
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.ndim == 2:  # greyscale photos such as skimage.data.camera()
+            arr = np.repeat(arr[:, :, None], 3, axis=2)
+        if arr.ndim != 3 or arr.shape[2] != 3:
+            raise ValueError(
+                f"numpy image has shape {arr.shape}; expected (H, W, 3) (or (H, W) greyscale)"
+            )
+        if arr.dtype == np.uint8:
+            t = torch.from_numpy(np.ascontiguousarray(arr)).float().div_(255.0)
+        elif np.issubdtype(arr.dtype, np.floating):
+            t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+            _check_unit_range(t, "numpy float image")
+        else:
+            raise TypeError(f"numpy image has dtype {arr.dtype}; expected uint8 or float in [0, 1]")
+        return t.permute(2, 0, 1).contiguous()
+
+    if isinstance(image, torch.Tensor):
+        t = image.detach()
+        if t.dim() == 4 and t.shape[0] == 1:
+            t = t[0]
+        if t.dim() != 3 or t.shape[0] != 3:
+            raise ValueError(
+                f"tensor image has shape {tuple(image.shape)}; expected (3, H, W) in [0, 1]"
+            )
+        if t.dtype == torch.uint8:  # e.g. torchvision.io.read_image
+            return t.cpu().float().div_(255.0)
+        if not t.is_floating_point():
+            raise TypeError(f"tensor image has dtype {t.dtype}; expected float in [0, 1] or uint8")
+        t = t.cpu().float()
+        _check_unit_range(t, "tensor image")
+        return t
+
+    raise TypeError(
+        f"cannot preprocess a {type(image).__name__}; pass a PIL image, a numpy "
+        "(H, W, 3) uint8/float array or a (3, H, W) tensor in [0, 1]"
+    )
+
+
+def _check_unit_range(t: torch.Tensor, what: str) -> None:
+    # A normalised tensor fed back in is the usual mistake; it would be normalised twice.
+    lo, hi = float(t.min()), float(t.max())
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        raise ValueError(
+            f"{what} has values in [{lo:.3g}, {hi:.3g}]; expected [0, 1] "
+            "(is it already normalised? use to_image() or denormalize() first)"
+        )
+
+
+def preprocess(image: ImageLike, size: int = 224) -> torch.Tensor:
+    """Turn a photo into a classifier input: float32 ``(1, 3, size, size)``, normalised.
+
+    The standard ImageNet evaluation recipe, scaled to ``size``: resize the short
+    side to ``round(size * 256 / 224)`` (256 for 224), then centre-crop ``size``.
+    An image that is already ``size x size`` is used as is, so that
+    ``to_image(preprocess(img))`` gives ``img`` back.
+
+    ``image``: a PIL image, a numpy ``(H, W, 3)`` array (uint8, or float in
+    ``[0, 1]``), or a ``(3, H, W)`` tensor in ``[0, 1]``.
+    """
+    size = int(size)
+    if size <= 0:
+        raise ValueError(f"size must be positive, got {size}")
+    t = _to_float_chw(image)
+    if tuple(t.shape[-2:]) != (size, size):
+        t = TF.resize(t, round(size * 256 / 224), antialias=True)
+        t = TF.center_crop(t, [size, size])
+        # Bilinear weights are non-negative, but guard against rounding past 0 or 1.
+        t = t.clamp_(0.0, 1.0)
+    return normalize(t).unsqueeze(0).contiguous()
+
+
+def to_image(x: torch.Tensor) -> np.ndarray:
+    """Normalised ``(1, 3, H, W)`` or ``(3, H, W)`` tensor to a displayable ``(H, W, 3)`` array.
+
+    Denormalises, clamps to ``[0, 1]``, returns float32 numpy (for ``plt.imshow``).
+    """
+    _check_image_tensor(x)
+    if x.dim() == 4:
+        if x.shape[0] != 1:
+            raise ValueError(
+                f"x has shape {tuple(x.shape)}; to_image shows one image, expected "
+                "(1, 3, H, W) or (3, H, W); index the batch first"
+            )
+        x = x[0]
+    img = denormalize(x.detach().cpu().float()).clamp_(0.0, 1.0)
+    return img.permute(1, 2, 0).contiguous().numpy()
+
+
+# --------------------------------------------------------------------------- #
+# Class names and sample photos
+# --------------------------------------------------------------------------- #
+@functools.lru_cache(maxsize=1)
+def _imagenet_classes() -> tuple[str, ...]:
+    # The names ship inside torchvision's weight metadata: no download needed.
+    return tuple(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet class names, index = class id (258 is ``"Samoyed"``)."""
+    return list(_imagenet_classes())  # a copy, so callers cannot edit the cache
+
+
+def _chelsea() -> Image.Image:
+    import skimage.data  # imported here: only the fallback needs scikit-image
+
+    img = Image.fromarray(skimage.data.chelsea()).convert("RGB")
+    img.info["source"] = "chelsea (offline fallback)"
+    return img
+
+
+def samoyed() -> Image.Image:
+    """The chapter's Samoyed photo as an RGB PIL image (``img.info["source"]`` says which).
+
+    Read from the cache if it was downloaded before; otherwise downloaded (5 s
+    timeout) when online. Offline, or if anything fails, returns scikit-image's
+    ``chelsea`` cat photo instead (it ships with scikit-image) and prints one line
+    saying so; ``img.info["source"]`` is then ``"chelsea (offline fallback)"``.
+    """
+    cached = _net.cache_path_for(SAMOYED_URL)
+    if cached.exists():
+        try:
+            return _open_rgb(cached, "samoyed")
+        except Exception:  # a damaged cache file: drop it and fetch again below
+            cached.unlink(missing_ok=True)
+    if not _net.online():
+        reason = "offline"
+    else:
+        try:
+            _net.download(SAMOYED_URL, cached, timeout=DOWNLOAD_TIMEOUT)
+            return _open_rgb(cached, "samoyed")
+        except Exception as exc:  # any failure: the notebook must still run
+            reason = f"could not download the Samoyed photo ({type(exc).__name__})"
+    _net.notice(
+        f"{reason}: using scikit-image's 'chelsea' photo instead of the chapter's "
+        "Samoyed (pytorch/hub images/dog.jpg)."
+    )
+    return _chelsea()
+
+
+def samoyed_tensor(size: int = 224) -> torch.Tensor:
+    """:func:`samoyed` through :func:`preprocess`: ``(1, 3, size, size)``, normalised."""
+    return preprocess(samoyed(), size)

@@ -1,0 +1,288 @@
+"""The ground-truth world: synthetic dermoscopy images with a planted ruler shortcut.
+
+The chapter opens with a skin-lesion classifier that learned to detect rulers rather than
+cancer (Narla et al., 2018). This module makes that story reproducible and measurable:
+
+* every image holds one lesion; benign and malignant lesions differ the way the ABCD
+  heuristics of dermoscopy say (Asymmetry, Border irregularity, Colour variegation,
+  Diameter), driven by one latent "malignancy" value per image;
+* the two classes overlap: 40% of lesions are atypical for their class, so a model
+  that looks only at the lesion tops out near 92%, not 100%;
+* a ruler (a light scale strip with tick marks) lies along a random edge of some images,
+  and the split decides how often it comes with each class:
+
+  =========  ========================  ======================
+  split      ruler on malignant        ruler on benign
+  =========  ========================  ======================
+  biased     85%                       5%   (training data)
+  unbiased   50%                       50%
+  swapped    5%                        85%
+  =========  ========================  ======================
+
+* pixel masks of the (visible) lesion and of the ruler come with every image, so any
+  attribution map can be scored against the truth.
+
+Skin tone, skin texture, hair strands, vignetting and sensor noise vary from image to
+image so that neither class nor ruler can be read off a single pixel.
+
+Everything is drawn from one ``numpy.random.Generator(seed)`` and rendered with
+deterministic CPU tensor operations: the same ``(n, split, seed)`` gives the same data,
+bit for bit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import math
+import numbers
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["LesionSet", "make_lesions", "SPLITS", "CLASSES", "IMAGE_SIZE"]
+
+IMAGE_SIZE = 64
+CLASSES = ("benign", "malignant")
+#: P(ruler | benign), P(ruler | malignant) for each split.
+SPLITS = {
+    "biased": (0.05, 0.85),
+    "unbiased": (0.50, 0.50),
+    "swapped": (0.85, 0.05),
+}
+_CHUNK = 128  # images rendered at once: small enough for the tensors to stay in cache (3x faster than 1024)
+
+
+@dataclass
+class LesionSet:
+    """A batch of synthetic lesion images and their ground truth.
+
+    Attributes:
+        images: (N, 3, 64, 64) float32 in [0, 1] (not ImageNet-normalised; the models
+            normalise with :func:`chapter6_utils.data.normalize`).
+        labels: (N,) int64, 0 = benign, 1 = malignant.
+        lesion_mask: (N, 64, 64) bool, the lesion's visible pixels.
+        ruler_mask: (N, 64, 64) bool, the ruler's pixels (all False without a ruler).
+        has_ruler: (N,) bool.
+        malignancy: (N,) float32 in [0, 1], the latent value behind the ABCD features.
+        classes: the class names, indexed by label.
+        split, seed: how the set was made.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    lesion_mask: torch.Tensor
+    ruler_mask: torch.Tensor
+    has_ruler: torch.Tensor
+    malignancy: torch.Tensor
+    split: str
+    seed: int
+    classes: tuple = field(default=CLASSES)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index) -> "LesionSet":
+        """Index or slice like a tensor; returns a LesionSet (an int keeps a batch of one)."""
+        if isinstance(index, numbers.Integral):
+            index = slice(int(index), int(index) + 1 if index != -1 else None)
+        return LesionSet(
+            images=self.images[index],
+            labels=self.labels[index],
+            lesion_mask=self.lesion_mask[index],
+            ruler_mask=self.ruler_mask[index],
+            has_ruler=self.has_ruler[index],
+            malignancy=self.malignancy[index],
+            split=self.split,
+            seed=self.seed,
+            classes=self.classes,
+        )
+
+    def select(self, label: int | None = None, ruler: bool | None = None) -> "LesionSet":
+        """The images of one class and/or with (or without) a ruler, e.g.
+        ``data.select(label=1, ruler=True)`` for malignant lesions with a ruler."""
+        keep = torch.ones(len(self), dtype=torch.bool)
+        if label is not None:
+            keep &= self.labels == label
+        if ruler is not None:
+            keep &= self.has_ruler == bool(ruler)
+        return self[keep]
+
+    def summary(self) -> str:
+        """One line: size, split, class balance and ruler rate per class."""
+        parts = [f"{len(self)} images, split={self.split!r}, seed={self.seed}"]
+        for c, name in enumerate(self.classes):
+            m = self.labels == c
+            k = int(m.sum())
+            rate = float(self.has_ruler[m].float().mean()) if k else float("nan")
+            parts.append(f"{name}: {k} ({rate:.0%} with ruler)")
+        return "; ".join(parts)
+
+
+def _check_args(n, split, seed):
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"n must be a positive integer (n >= 1), got {n!r}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits are {sorted(SPLITS)}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+
+
+def make_lesions(n: int, split: str = "biased", seed: int = 0) -> LesionSet:
+    """Generate ``n`` synthetic dermoscopy images with lesion and ruler masks.
+
+    Args:
+        n: number of images (>= 1). Classes are balanced (n // 2 malignant, the rest benign,
+            in random order).
+        split: ``"biased"`` (ruler on ~85% of malignant, ~5% of benign: the training
+            data), ``"unbiased"`` (ruler on 50% of each class) or ``"swapped"`` (ruler on
+            ~85% of benign, ~5% of malignant).
+        seed: a non-negative integer; the same arguments give identical tensors.
+
+    Returns:
+        a :class:`LesionSet` (images (N, 3, 64, 64) float32 in [0, 1], labels (N,) int64,
+        lesion_mask and ruler_mask (N, 64, 64) bool, has_ruler (N,) bool).
+
+    Raises:
+        ValueError: for n < 1, an unknown split or a seed that is not a non-negative int.
+    """
+    _check_args(n, split, seed)
+    rng = np.random.default_rng(int(seed))
+    labels = rng.permutation(np.arange(n) % 2)
+    p_benign, p_malignant = SPLITS[split]
+    has_ruler = rng.random(n) < np.where(labels == 1, p_malignant, p_benign)
+    malignancy = _latent_malignancy(rng, labels)
+
+    out = {k: [] for k in ("images", "lesion", "ruler")}
+    for start in range(0, n, _CHUNK):
+        stop = min(n, start + _CHUNK)
+        img, les, rul = _render(rng, malignancy[start:stop], has_ruler[start:stop])
+        out["images"].append(img)
+        out["lesion"].append(les)
+        out["ruler"].append(rul)
+    return LesionSet(
+        images=torch.cat(out["images"]),
+        labels=torch.from_numpy(labels.astype(np.int64)),
+        lesion_mask=torch.cat(out["lesion"]),
+        ruler_mask=torch.cat(out["ruler"]),
+        has_ruler=torch.from_numpy(has_ruler),
+        malignancy=torch.from_numpy(malignancy.astype(np.float32)),
+        split=split,
+        seed=int(seed),
+    )
+
+
+def _latent_malignancy(rng, labels):
+    """Latent malignancy m in [0, 1] per image.
+
+    Typical lesions (60%) sit far from the class boundary (benign m < 0.4, malignant
+    m > 0.6). Atypical ones (40%) fall in [0.4, 0.6], where the density of the own class
+    is four times that of the other: there the lesion says "probably" (80/20), not
+    "surely". A model that reads m perfectly is right 0.6 + 0.4 * 0.8 = 92% of the time.
+    That weak evidence (odds 4:1) is weaker than a ruler's in the biased split (17:1
+    present, 6:1 against when absent): it is the room a shortcut needs.
+    """
+    n = labels.shape[0]
+    kind = rng.random(n)
+    u = rng.random(n)
+    m_benign = np.where(kind < 0.6, 0.4 * u, np.where(kind < 0.92, 0.4 + 0.1 * u, 0.5 + 0.1 * u))
+    return np.where(labels == 1, 1.0 - m_benign, m_benign)
+
+
+def _smooth_noise(rng, n, channels, coarse, size=IMAGE_SIZE):
+    """Random field, smooth at the scale size/coarse, values roughly in [-2, 2]."""
+    z = torch.from_numpy(rng.standard_normal((n, channels, coarse, coarse), dtype=np.float32))
+    return F.interpolate(z, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def _render(rng, m, has_ruler):
+    """Render one chunk. Returns images (n,3,H,W), lesion mask and ruler mask (n,H,W)."""
+    n = m.shape[0]
+    S = IMAGE_SIZE
+    t = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float32))  # noqa: E731
+    col = lambda a: t(a).view(n, -1, 1, 1)  # noqa: E731
+    yy, xx = torch.meshgrid(torch.arange(S, dtype=torch.float32),
+                            torch.arange(S, dtype=torch.float32), indexing="ij")
+    yy, xx = yy[None], xx[None]  # broadcast, never expand: strided copies are slow
+    # Features are m plus a little independent jitter each, so that no single feature
+    # is a perfect read-out of the class.
+    jit = lambda s: np.clip(m + rng.normal(0.0, s, n), 0.0, 1.0)  # noqa: E731
+
+    # --- skin: tone from light to brown, low-frequency blotches, fine texture
+    tone = rng.random(n)
+    light, dark = np.array([0.93, 0.78, 0.68]), np.array([0.55, 0.38, 0.27])
+    skin = t(light[None] * (1 - tone[:, None]) + dark[None] * tone[:, None]).view(n, 3, 1, 1)
+    blotch = _smooth_noise(rng, n, 1, 5) * col(rng.uniform(0.01, 0.04, n))
+    texture = _smooth_noise(rng, n, 1, 24) * col(rng.uniform(0.005, 0.02, n))
+    img = (skin + blotch + texture).expand(n, 3, S, S).clone()
+
+    # --- lesion geometry (A, B, D)
+    d_feat, a_feat, b_feat, c_feat = jit(0.04), jit(0.04), jit(0.04), jit(0.04)
+    radius = np.clip(7.0 + 10.0 * d_feat + rng.normal(0, 0.8, n), 5.0, 18.5)
+    cx = S / 2 + rng.uniform(-4, 4, n)
+    cy = S / 2 + rng.uniform(-4, 4, n)
+    dx, dy = xx - col(cx).view(n, 1, 1), yy - col(cy).view(n, 1, 1)
+    r = torch.sqrt(dx * dx + dy * dy)
+    theta = torch.atan2(dy, dx)
+    v = lambda a: t(a).view(n, 1, 1)  # noqa: E731
+    boundary = 1.0 + v(0.06 + 0.18 * a_feat) * torch.cos(theta - v(rng.uniform(0, 2 * np.pi, n)))
+    boundary = boundary + v(0.04 + 0.16 * a_feat) * torch.cos(2 * (theta - v(rng.uniform(0, np.pi, n))))
+    for k in (5, 7, 9, 12):  # border irregularity: high harmonics of the outline
+        amp = v(0.005 + 0.07 * b_feat * rng.uniform(0.6, 1.0, n) / math.sqrt(k / 5))
+        boundary = boundary + amp * torch.cos(k * theta + v(rng.uniform(0, 2 * np.pi, n)))
+    edge = v(radius) * boundary - r  # > 0 inside
+    softness = v(np.clip(1.4 - 0.8 * b_feat, 0.5, 1.4))  # irregular lesions end abruptly
+    alpha = torch.sigmoid(edge / softness)
+    lesion_mask = edge > 0
+
+    # --- lesion colour (C): uniform brown when benign, variegated when malignant
+    shade = rng.uniform(0.0, 1.0, n)[:, None]
+    brown = t(np.array([0.55, 0.36, 0.22])[None] * (1 - shade) + np.array([0.38, 0.22, 0.13])[None] * shade)
+    colour = brown.view(n, 3, 1, 1) * (1 - 0.25 * (1 - r / (v(radius) + 1)).clamp(0, 1)).unsqueeze(1)
+    blobs = torch.sigmoid(2.5 * _smooth_noise(rng, n, 3, 6))
+    var = col(np.clip(c_feat * 1.15 - 0.15, 0, 1))
+    for j, rgb in enumerate(([0.10, 0.07, 0.07], [0.36, 0.42, 0.52], [0.66, 0.30, 0.30])):
+        w = (var * blobs[:, j:j + 1] * (0.9, 0.7, 0.55)[j]).clamp(0, 1)
+        colour = colour * (1 - w) + torch.tensor(rgb).view(1, 3, 1, 1) * w
+    img = img * (1 - alpha.unsqueeze(1)) + colour * alpha.unsqueeze(1)
+
+    # --- hair: up to four dark, slightly wavy strands
+    n_hair = np.minimum(rng.poisson(1.2, n), 4)
+    for h in range(4):
+        on = v((n_hair > h).astype(np.float32))
+        ang = v(rng.uniform(0, np.pi, n))
+        px, py = v(rng.uniform(0, S, n)), v(rng.uniform(0, S, n))
+        along = (xx - px) * torch.cos(ang) + (yy - py) * torch.sin(ang)
+        across = -(xx - px) * torch.sin(ang) + (yy - py) * torch.cos(ang)
+        wave = v(rng.uniform(0, 4, n)) * torch.sin(along * v(rng.uniform(0.03, 0.12, n)) + v(rng.uniform(0, 6.3, n)))
+        width = v(rng.uniform(0.4, 0.8, n))
+        a = (1 - (across - wave).abs() / (width + 0.5)).clamp(0, 1) * on * v(rng.uniform(0.5, 0.9, n))
+        img = img * (1 - a.unsqueeze(1)) + 0.08 * a.unsqueeze(1)
+
+    # --- ruler: a light strip with tick marks along a random edge
+    side = rng.integers(0, 4, n)  # 0 top, 1 bottom, 2 left, 3 right
+    s_ = v(side)
+    dist = torch.where(s_ == 0, yy, torch.where(s_ == 1, S - 1 - yy, torch.where(s_ == 2, xx, S - 1 - xx)))
+    pos = torch.where(s_ < 2, xx, yy)
+    offset, width = rng.integers(0, 4, n), rng.integers(5, 10, n)
+    start = rng.integers(0, 16, n)
+    length = rng.integers(40, 65, n)
+    inside = (dist >= v(offset)) & (dist < v(offset + width)) & (pos >= v(start)) & (pos < v(start + length))
+    ruler_mask = inside & v(has_ruler.astype(np.float32)).bool()
+    bright = rng.uniform(0.6, 1.0, n)
+    strip = t(np.stack([bright, bright * 0.97, bright * 0.86], 1)).view(n, 3, 1, 1)
+    period = v(rng.integers(3, 5, n))
+    rel = pos - v(start) - v(rng.integers(0, 3, n))
+    k = torch.floor(rel / period)
+    on_tick = (rel - k * period) < 1
+    tick_len = torch.where(torch.remainder(k, 5) == 0, 0.85, 0.5) * v(width)
+    tick = on_tick & ((dist - v(offset)) < tick_len)
+    ruler_rgb = strip * (1 - col(rng.uniform(0.55, 0.85, n)) * tick.unsqueeze(1).float())
+    rm = ruler_mask.unsqueeze(1).float()
+    img = img * (1 - rm) + ruler_rgb * rm
+
+    # --- vignetting and sensor noise
+    rr = ((xx - S / 2) ** 2 + (yy - S / 2) ** 2) / (S / 2) ** 2
+    img = img * (1 - v(rng.uniform(0.0, 0.3, n)) * rr).unsqueeze(1)
+    img = img + torch.from_numpy(rng.standard_normal((n, 1, S, S), dtype=np.float32)) * col(rng.uniform(0.005, 0.02, n))
+    img = img.clamp(0.0, 1.0).contiguous()
+    return img, (lesion_mask & ~ruler_mask).contiguous(), ruler_mask.contiguous()

@@ -1,0 +1,165 @@
+"""Regenerate the bundled lesion models: ``python -m chapter6_utils.train --all``.
+
+Each model is trained from a fixed seed on freshly generated lesion images (a new batch
+of images every epoch, so there is nothing to overfit), then scored on data made with
+``EVAL_SEED``, a seed the training never uses, on every split:
+
+* ``biased``: the training distribution (ruler on ~85% of malignant, ~5% of benign);
+* ``unbiased``: the ruler independent of the label;
+* ``swapped``: the ruler on ~85% of *benign* lesions. A model that learned the shortcut
+  collapses here; a model that reads the lesion does not.
+
+Training seeds are ``TRAIN_SEED + 1000 * k + epoch``; ``EVAL_SEED`` and ``TEST_SEED`` (used
+by the test suite) are far from them, so every reported figure is on unseen images.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import models as _models
+from .data import normalize
+from .synthetic import SPLITS, make_lesions
+
+__all__ = ["RECIPES", "Recipe", "train_model", "evaluate", "accuracy_by_split", "confusion", "main",
+           "EVAL_SEED", "TEST_SEED", "TRAIN_SEED"]
+
+TRAIN_SEED = 1_000_000
+EVAL_SEED = 2_024
+TEST_SEED = 31_337
+
+
+@dataclass(frozen=True)
+class Recipe:
+    split: str
+    epochs: int
+    n_per_epoch: int
+    lr: float
+    weight_decay: float
+    batch_size: int = 64
+    seed_offset: int = 0  # which block of training seeds the model draws its data from
+
+
+RECIPES = {
+    "lesion_cnn": Recipe("biased", epochs=6, n_per_epoch=8000, lr=2e-3, weight_decay=1e-4, seed_offset=0),
+    "lesion_cnn_clean": Recipe("unbiased", epochs=6, n_per_epoch=8000, lr=2e-3, weight_decay=1e-4, seed_offset=1),
+    "lesion_resnet": Recipe("biased", epochs=6, n_per_epoch=8000, lr=2e-3, weight_decay=1e-4, seed_offset=2),
+    "lesion_vit": Recipe("biased", epochs=10, n_per_epoch=8000, lr=1e-3, weight_decay=0.05, seed_offset=3),
+}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Predicted labels (N,) for lesion images (N, 3, 64, 64) in [0, 1]."""
+    dev = next(model.parameters()).device
+    out = [model(normalize(images[i:i + batch_size].to(dev))).argmax(1).cpu()
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out)
+
+
+def evaluate(model: nn.Module, split: str, n: int = 2000, seed: int = EVAL_SEED) -> float:
+    """Accuracy of ``model`` on ``n`` fresh lesion images of ``split``."""
+    data = make_lesions(n, split, seed=seed)
+    was_training = model.training
+    model.eval()
+    try:
+        return float((predict(model, data.images) == data.labels).float().mean())
+    finally:
+        model.train(was_training)
+
+
+def accuracy_by_split(model: nn.Module, n: int = 2000, seed: int = EVAL_SEED) -> dict:
+    """{split: accuracy} on fresh data of every split."""
+    return {split: evaluate(model, split, n, seed) for split in SPLITS}
+
+
+def confusion(model: nn.Module, split: str, n: int = 2000, seed: int = EVAL_SEED) -> torch.Tensor:
+    """2x2 confusion matrix (rows: true benign/malignant, columns: predicted)."""
+    data = make_lesions(n, split, seed=seed)
+    model.eval()
+    pred = predict(model, data.images)
+    return torch.bincount(data.labels * 2 + pred, minlength=4).view(2, 2)
+
+
+def train_model(name: str, *, recipe: Recipe | None = None, out_dir: str | Path | None = None,
+                eval_n: int = 2000, log=print) -> tuple[nn.Module, dict]:
+    """Train ``name`` with its recipe (or the one given), save it, return (model, meta).
+
+    ``meta`` holds the recipe, the accuracy per split on ``EVAL_SEED`` data and the
+    training time; it is stored beside the weights in ``<out_dir>/<name>.pt``.
+    """
+    if name not in RECIPES:
+        raise ValueError(f"no training recipe for {name!r}; trainable models: {', '.join(RECIPES)}")
+    rc = recipe or RECIPES[name]
+    torch.manual_seed(TRAIN_SEED + rc.seed_offset)
+    model = _models.build(name)
+    opt = torch.optim.AdamW(model.parameters(), lr=rc.lr, weight_decay=rc.weight_decay)
+    steps = rc.epochs * -(-rc.n_per_epoch // rc.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=rc.lr, total_steps=steps, pct_start=0.15)
+    t0 = time.perf_counter()
+    for epoch in range(rc.epochs):
+        data = make_lesions(rc.n_per_epoch, rc.split, seed=TRAIN_SEED + 1000 * rc.seed_offset + epoch)
+        x_all, y_all = normalize(data.images), data.labels
+        order = torch.randperm(len(y_all))
+        model.train()
+        total, correct, loss_sum = 0, 0, 0.0
+        for i in range(0, len(order), rc.batch_size):
+            idx = order[i:i + rc.batch_size]
+            x, y = x_all[idx], y_all[idx]
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += loss.item() * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            total += len(y)
+        log(f"  {name} epoch {epoch + 1}/{rc.epochs}: loss {loss_sum / total:.3f}, "
+            f"train acc {correct / total:.3f} ({time.perf_counter() - t0:.0f} s)")
+    model.eval()
+    acc = accuracy_by_split(model, n=eval_n)
+    meta = {"recipe": rc.__dict__ | {}, "accuracy": acc, "eval_seed": EVAL_SEED, "eval_n": eval_n,
+            "train_seconds": round(time.perf_counter() - t0, 1), "torch": str(torch.__version__)}
+    if out_dir is not None:
+        path = _models.weights_path(name, Path(out_dir))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"state_dict": model.state_dict(), "meta": meta}, path)
+        log(f"  saved {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    return model, meta
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m chapter6_utils.train", description=__doc__.split("\n")[0])
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--model", choices=list(RECIPES), action="append", help="model to train (repeatable)")
+    g.add_argument("--all", action="store_true", help="train every bundled model")
+    p.add_argument("--out", default=str(_models.WEIGHTS_DIR), help="where to write <name>.pt")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = list(RECIPES) if args.all else args.model
+    t0 = time.perf_counter()
+    rows = []
+    for name in names:
+        print(f"training {name} on the {RECIPES[name].split!r} split")
+        _, meta = train_model(name, out_dir=args.out)
+        rows.append((name, meta["accuracy"], meta["train_seconds"]))
+    print(f"\naccuracy on fresh data (seed {EVAL_SEED}, 2000 images per split)")
+    print(f"{'model':<18}" + "".join(f"{s:>10}" for s in SPLITS) + f"{'seconds':>10}")
+    for name, acc, secs in rows:
+        print(f"{name:<18}" + "".join(f"{acc[s]:>10.3f}" for s in SPLITS) + f"{secs:>10.0f}")
+    print(f"total {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Set up .venv and run every check the project has, stopping at the first failure:
+#
+#   1. pytest tests/                 package tests and notebook hygiene
+#   2. nbval on notebooks/           every notebook runs top to bottom without error;
+#                                    cells marked "# NBVAL_CHECK_OUTPUT" must reproduce
+#                                    their stored text output
+#   3. the book build with -W        zero Sphinx warnings, every notebook executes
+#
+#   bash scripts/test.sh
+#
+# Environment knobs: NBVAL_CELL_TIMEOUT (seconds per notebook cell, default 90).
+# .ci/run calls this script.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# Pretrained weights: the package probes the network itself and falls back to random
+# weights when offline. Tell the Hugging Face hub not to retry for ~50 s per model.
+export HF_HUB_OFFLINE=1
+# Off-screen matplotlib for the package tests only: notebook kernels (nbval, the book)
+# must keep ipykernel's inline backend, which ipykernel selects only when MPLBACKEND
+# is unset, or their figures disappear.
+unset MPLBACKEND
+# No stdin in CI; never wait for input.
+exec </dev/null
+
+NBVAL_CELL_TIMEOUT="${NBVAL_CELL_TIMEOUT:-90}"
+
+declare -a SUMMARY=()
+total_start=$(date +%s)
+
+summary() {
+    echo
+    echo "================ test.sh summary ================"
+    for line in "${SUMMARY[@]}"; do echo "  $line"; done
+    echo "  total: $(( $(date +%s) - total_start )) s"
+    echo "================================================="
+}
+
+stage() {  # stage NAME COMMAND...
+    local name="$1"; shift
+    echo
+    echo ">>> [$name] $*"
+    local t0 status=0
+    t0=$(date +%s)
+    "$@" || status=$?
+    local dt=$(( $(date +%s) - t0 ))
+    if [[ $status -ne 0 ]]; then
+        SUMMARY+=("FAIL  $name (${dt} s, exit $status)")
+        summary
+        echo "test.sh: stage '$name' failed; later stages were not run." >&2
+        exit "$status"
+    fi
+    SUMMARY+=("ok    $name (${dt} s)")
+}
+
+stage "setup" bash scripts/setup.sh
+
+stage "pytest tests" env MPLBACKEND=Agg .venv/bin/python -m pytest tests
+
+shopt -s nullglob
+notebooks=(notebooks/*.ipynb)
+shopt -u nullglob
+if (( ${#notebooks[@]} )); then
+    stage "nbval notebooks (${#notebooks[@]})" .venv/bin/python -m pytest \
+        --nbval-lax --nbval-current-env \
+        --nbval-cell-timeout="$NBVAL_CELL_TIMEOUT" \
+        --nbval-sanitize-with tests/nbval_sanitize.cfg \
+        -p no:cacheprovider \
+        notebooks/
+else
+    SUMMARY+=("skip  nbval notebooks (no notebooks in notebooks/)")
+fi
+
+stage "book build -W" bash scripts/build_book.sh --skip-setup
+
+summary
+echo "test.sh: all stages passed."

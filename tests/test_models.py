@@ -1,0 +1,139 @@
+"""The model registry: bundled weights, metadata, the offline fallback, errors."""
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import chapter6_utils
+from chapter6_utils import _net, models
+from chapter6_utils.data import normalize
+from chapter6_utils.synthetic import make_lesions
+from chapter6_utils.train import TEST_SEED, accuracy_by_split
+
+BUNDLED = ["lesion_cnn", "lesion_cnn_clean", "lesion_resnet", "lesion_vit"]
+IMAGENET = ["resnet18", "vgg16", "vit_small_patch16_224", "vit_small_patch8_224.dino"]
+
+
+def test_available_lists_every_model():
+    assert models.available() == BUNDLED + IMAGENET
+
+
+def test_unknown_name_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown model 'lesion_cnnn'.*lesion_cnn, lesion_cnn_clean"):
+        models.load("lesion_cnnn")
+
+
+def test_bad_pretrained_value():
+    with pytest.raises(ValueError, match="pretrained must be"):
+        models.load("lesion_cnn", pretrained="yes")
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_models_load_with_metadata(name):
+    m = models.load(name)
+    assert not m.training
+    assert m.ch6.name == name and m.ch6.weights == "bundled" and m.ch6.notice is None
+    assert m.ch6.classes == ("benign", "malignant") and m.ch6.input_size == 64
+    assert m.ch6.extra["accuracy"]["biased"] > 0.5  # the training record travels with the weights
+    out = m(normalize(make_lesions(4, "biased", seed=TEST_SEED).images))
+    assert out.shape == (4, 2) and torch.isfinite(out).all()
+
+
+def test_bundled_weights_fit_the_size_budget():
+    total = sum(models.weights_path(n).stat().st_size for n in BUNDLED)
+    assert total < 30e6, f"bundled weights take {total / 1e6:.1f} MB (> 30 MB)"
+
+
+def test_missing_bundled_weights_fall_back_visibly(tmp_path, capsys):
+    m = models.load("lesion_cnn", weights_dir=tmp_path)
+    assert m.ch6.weights == "random" and "RANDOM" in m.ch6.notice
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "lesion_cnn" in out and "chapter6_utils.train" in out
+    with pytest.raises(RuntimeError, match="could not load trained weights"):
+        models.load("lesion_cnn", pretrained=True, weights_dir=tmp_path)
+
+
+def test_pretrained_false_gives_random_weights_silently(capsys):
+    torch.manual_seed(0)
+    a = models.load("lesion_cnn", pretrained=False)
+    b = models.load("lesion_cnn")
+    assert a.ch6.weights == "random" and a.ch6.notice is None and capsys.readouterr().out == ""
+    assert not torch.equal(a.features[0].weight, b.features[0].weight)
+
+
+def test_imagenet_models_offline_fall_back_fast_with_notice(monkeypatch, capsys, tmp_path):
+    """Offline, all four ImageNet models come back (random weights) in under 10 s in all."""
+    monkeypatch.setenv("CHAPTER6_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached checkpoints
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    _net._reset()
+    t = time.perf_counter()
+    loaded = {name: models.load(name) for name in IMAGENET}
+    elapsed = time.perf_counter() - t
+    _net._reset()
+    assert elapsed < 10.0, f"offline fallback took {elapsed:.1f} s"
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4
+    for name, m in loaded.items():
+        assert m.ch6.weights == "random" and name in m.ch6.notice
+        assert any(name in line and "RANDOM" in line for line in lines)
+        assert not m.training
+    assert loaded["resnet18"].ch6.classes[258] == "Samoyed"
+    assert loaded["vit_small_patch8_224.dino"].ch6.classes is None
+
+
+def test_real_network_probe_never_hangs():
+    """Without forcing offline, loading a torchvision model here must not wait on retries."""
+    code = ("import time; t=time.perf_counter(); from chapter6_utils import models; "
+            "m = models.load('resnet18'); print(m.ch6.weights, time.perf_counter() - t)")
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert time.perf_counter() - t < 20.0  # includes interpreter start and the torch import
+    weights, seconds = proc.stdout.strip().splitlines()[-1].split()
+    assert weights in ("imagenet", "random") and float(seconds) < 10.0
+
+
+def test_vit_input_normalisation_is_folded_exactly():
+    """ViT-S/16 expects mean=std=0.5 input: load() folds the change into the patch embedding."""
+    torch.manual_seed(0)
+    raw = models.build("vit_small_patch16_224").eval()
+    folded = models.build("vit_small_patch16_224").eval()
+    folded.load_state_dict(raw.state_dict())
+    models._fold_input_normalisation(folded, "vit_small_patch16_224")
+    x01 = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        expected = raw((x01 - 0.5) / 0.5)
+        got = folded(normalize(x01))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_device_helper():
+    d = chapter6_utils.device()
+    assert d.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_load_to_device():
+    m = models.load("lesion_cnn", device=chapter6_utils.device())
+    assert next(m.parameters()).device.type == chapter6_utils.device().type
+
+
+# --------------------------------------------------------------------------- the shortcut
+@pytest.fixture(scope="module")
+def accuracies():
+    """Accuracy per split on 2000 fresh images per split (TEST_SEED: never used in training)."""
+    return {name: accuracy_by_split(models.load(name), n=2000, seed=TEST_SEED) for name in BUNDLED}
+
+
+@pytest.mark.parametrize("name", ["lesion_cnn", "lesion_resnet", "lesion_vit"])
+def test_shortcut_models_took_the_ruler(accuracies, name):
+    acc = accuracies[name]
+    assert acc["biased"] >= 0.95, acc
+    assert acc["swapped"] <= 0.70, acc
+
+
+def test_clean_model_reads_the_lesion(accuracies):
+    acc = accuracies["lesion_cnn_clean"]
+    assert min(acc.values()) >= 0.88, acc
