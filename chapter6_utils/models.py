@@ -76,7 +76,6 @@ class LesionCNN(nn.Module):
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Linear(w4 * 4 * 4, 64), nn.ReLU(),
-            nn.Dropout(0.25),
             nn.Linear(64, num_classes),
         )
 

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LesionSet", "make_lesions", "SPLITS", "CLASSES", "IMAGE_SIZE"]
+__all__ = ["LesionSet", "make_lesions", "paste_rulers", "SPLITS", "CLASSES", "IMAGE_SIZE"]
 
 IMAGE_SIZE = 64
 CLASSES = ("benign", "malignant")
@@ -116,6 +116,32 @@ class LesionSet:
             rate = float(self.has_ruler[m].float().mean()) if k else float("nan")
             parts.append(f"{name}: {k} ({rate:.0%} with ruler)")
         return "; ".join(parts)
+
+
+def paste_rulers(target: LesionSet, donor: LesionSet) -> LesionSet:
+    """An intervention: copy each donor image's ruler (the pixels under its ruler mask)
+    onto the corresponding target image, leaving everything else untouched.
+
+    ``target`` and ``donor`` must have the same length, and every donor must have a
+    ruler (use ``donor.select(ruler=True)``). The lesion mask loses the pixels the ruler
+    now covers; labels and latent malignancy are the target's.
+    """
+    if len(target) != len(donor):
+        raise ValueError(f"target has {len(target)} images but donor has {len(donor)}; slice them to one length")
+    if not bool(donor.has_ruler.all()):
+        raise ValueError("every donor image needs a ruler: pass donor.select(ruler=True)")
+    m = donor.ruler_mask
+    return LesionSet(
+        images=torch.where(m.unsqueeze(1), donor.images, target.images),
+        labels=target.labels.clone(),
+        lesion_mask=target.lesion_mask & ~m,
+        ruler_mask=m.clone(),
+        has_ruler=torch.ones(len(target), dtype=torch.bool),
+        malignancy=target.malignancy.clone(),
+        split=f"{target.split}+pasted rulers",
+        seed=target.seed,
+        classes=target.classes,
+    )
 
 
 def _check_args(n, split, seed):
@@ -216,8 +242,8 @@ def _render(rng, m, has_ruler):
     img = (skin + blotch + texture).expand(n, 3, S, S).clone()
 
     # --- lesion geometry (A, B, D)
-    d_feat, a_feat, b_feat, c_feat = jit(0.04), jit(0.04), jit(0.04), jit(0.04)
-    radius = np.clip(7.0 + 10.0 * d_feat + rng.normal(0, 0.8, n), 5.0, 18.5)
+    d_feat, a_feat, b_feat, c_feat = jit(0.02), jit(0.02), jit(0.02), jit(0.02)
+    radius = np.clip(7.0 + 10.0 * d_feat + rng.normal(0, 0.4, n), 5.0, 18.5)
     cx = S / 2 + rng.uniform(-4, 4, n)
     cy = S / 2 + rng.uniform(-4, 4, n)
     dx, dy = xx - col(cx).view(n, 1, 1), yy - col(cy).view(n, 1, 1)
@@ -238,7 +264,7 @@ def _render(rng, m, has_ruler):
     shade = rng.uniform(0.0, 1.0, n)[:, None]
     brown = t(np.array([0.55, 0.36, 0.22])[None] * (1 - shade) + np.array([0.38, 0.22, 0.13])[None] * shade)
     colour = brown.view(n, 3, 1, 1) * (1 - 0.25 * (1 - r / (v(radius) + 1)).clamp(0, 1)).unsqueeze(1)
-    blobs = torch.sigmoid(2.5 * _smooth_noise(rng, n, 3, 6))
+    blobs = torch.sigmoid(3.0 * _smooth_noise(rng, n, 3, 8))
     var = col(np.clip(c_feat * 1.15 - 0.15, 0, 1))
     for j, rgb in enumerate(([0.10, 0.07, 0.07], [0.36, 0.42, 0.52], [0.66, 0.30, 0.30])):
         w = (var * blobs[:, j:j + 1] * (0.9, 0.7, 0.55)[j]).clamp(0, 1)
@@ -246,7 +272,7 @@ def _render(rng, m, has_ruler):
     img = img * (1 - alpha.unsqueeze(1)) + colour * alpha.unsqueeze(1)
 
     # --- hair: up to four dark, slightly wavy strands
-    n_hair = np.minimum(rng.poisson(1.2, n), 4)
+    n_hair = np.minimum(rng.poisson(1.0, n), 4)
     for h in range(4):
         on = v((n_hair > h).astype(np.float32))
         ang = v(rng.uniform(0, np.pi, n))

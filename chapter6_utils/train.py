@@ -48,8 +48,8 @@ class Recipe:
 
 
 RECIPES = {
-    "lesion_cnn": Recipe("biased", epochs=6, n_per_epoch=8000, lr=2e-3, weight_decay=1e-4, seed_offset=0),
-    "lesion_cnn_clean": Recipe("unbiased", epochs=6, n_per_epoch=8000, lr=2e-3, weight_decay=1e-4, seed_offset=1),
+    "lesion_cnn": Recipe("biased", epochs=8, n_per_epoch=8000, lr=2e-3, weight_decay=1e-4, seed_offset=0),
+    "lesion_cnn_clean": Recipe("unbiased", epochs=10, n_per_epoch=8000, lr=2e-3, weight_decay=1e-4, seed_offset=1),
     "lesion_resnet": Recipe("biased", epochs=6, n_per_epoch=8000, lr=2e-3, weight_decay=1e-4, seed_offset=2),
     "lesion_vit": Recipe("biased", epochs=10, n_per_epoch=8000, lr=1e-3, weight_decay=0.05, seed_offset=3),
 }
@@ -89,7 +89,7 @@ def confusion(model: nn.Module, split: str, n: int = 2000, seed: int = EVAL_SEED
 
 
 def train_model(name: str, *, recipe: Recipe | None = None, out_dir: str | Path | None = None,
-                eval_n: int = 2000, log=print) -> tuple[nn.Module, dict]:
+                eval_n: int = 2000, log=None) -> tuple[nn.Module, dict]:
     """Train ``name`` with its recipe (or the one given), save it, return (model, meta).
 
     ``meta`` holds the recipe, the accuracy per split on ``EVAL_SEED`` data and the
@@ -98,6 +98,7 @@ def train_model(name: str, *, recipe: Recipe | None = None, out_dir: str | Path 
     if name not in RECIPES:
         raise ValueError(f"no training recipe for {name!r}; trainable models: {', '.join(RECIPES)}")
     rc = recipe or RECIPES[name]
+    log = log or (lambda msg: print(msg, flush=True))  # flush: progress shows even when piped to a file
     torch.manual_seed(TRAIN_SEED + rc.seed_offset)
     model = _models.build(name)
     opt = torch.optim.AdamW(model.parameters(), lr=rc.lr, weight_decay=rc.weight_decay)

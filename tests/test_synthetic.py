@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from chapter6_utils.synthetic import CLASSES, SPLITS, make_lesions
+from chapter6_utils.synthetic import CLASSES, SPLITS, make_lesions, paste_rulers
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +126,19 @@ def test_ten_thousand_images_under_ten_seconds():
     elapsed = time.perf_counter() - t
     assert len(d) == 10_000
     assert elapsed < 10.0, f"10,000 images took {elapsed:.1f} s"
+
+
+def test_paste_rulers_changes_only_the_ruler_pixels():
+    pool = make_lesions(400, "unbiased", seed=9)
+    target = pool.select(ruler=False)[:50]
+    donor = pool.select(ruler=True)[:50]
+    edited = paste_rulers(target, donor)
+    m = donor.ruler_mask.unsqueeze(1).expand_as(target.images)
+    assert torch.equal(edited.images[m], donor.images[m])
+    assert torch.equal(edited.images[~m], target.images[~m])
+    assert bool(edited.has_ruler.all()) and torch.equal(edited.labels, target.labels)
+    assert not bool((edited.lesion_mask & edited.ruler_mask).any())
+    with pytest.raises(ValueError, match="same length|has 50 images"):
+        paste_rulers(target, donor[:10])
+    with pytest.raises(ValueError, match="needs a ruler"):
+        paste_rulers(target, target)

@@ -1,0 +1,93 @@
+"""Speed of the companion, measured side by side in one run: python benchmarks/run.py
+
+Each benchmark is a function registered with ``@benchmark(group)`` that returns rows
+``(what, seconds, baseline_seconds_or_None)``. A ratio is printed only against a
+baseline timed in the same run, on the same machine and device, because absolute times
+move with the machine and its load; ratios move much less. Later notebooks' methods add
+their own groups here.
+
+Options: ``--only GROUP`` (repeatable), ``--device cpu|cuda`` (default: CUDA if present),
+``--repeat N`` (timing repetitions; the median is reported).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+
+import chapter6_utils  # noqa: E402
+from chapter6_utils import models, synthetic  # noqa: E402
+from chapter6_utils.data import normalize  # noqa: E402
+
+BENCHMARKS: dict[str, callable] = {}
+
+
+def benchmark(group):
+    def register(fn):
+        BENCHMARKS[group] = fn
+        return fn
+    return register
+
+
+def timeit(fn, repeat=5, warmup=1, device=None) -> float:
+    """Median wall time of ``fn()`` in seconds (synchronising CUDA around each call)."""
+    sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+@benchmark("synthetic")
+def bench_synthetic(device, repeat):
+    n = 2000
+    t = timeit(lambda: synthetic.make_lesions(n, "biased", seed=0), repeat=max(1, repeat // 2))
+    return [(f"make_lesions: {n} images ({n / t:,.0f} images/s; 10,000 take {10_000 / (n / t):.1f} s)", t, None)]
+
+
+@benchmark("forward")
+def bench_forward(device, repeat):
+    rows = []
+    x64 = normalize(synthetic.make_lesions(64, "biased", seed=0).images).to(device)
+    base = None
+    for name in ["lesion_cnn", "lesion_cnn_clean", "lesion_resnet", "lesion_vit"]:
+        m = models.load(name, device=device)
+        with torch.no_grad():
+            t = timeit(lambda: m(x64), repeat=repeat, device=device)
+        base = base or t
+        rows.append((f"{name}: forward, batch of 64 at 64x64", t, base))
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--only", action="append", choices=list(BENCHMARKS))
+    p.add_argument("--device", default=None)
+    p.add_argument("--repeat", type=int, default=5)
+    args = p.parse_args(argv)
+    device = torch.device(args.device) if args.device else chapter6_utils.device()
+    print(f"device: {device}; torch {torch.__version__}; {torch.get_num_threads()} CPU threads")
+    print(f"{'benchmark':<72}{'median s':>10}{'ratio':>9}")
+    for group in args.only or list(BENCHMARKS):
+        print(f"-- {group}")
+        for what, seconds, baseline in BENCHMARKS[group](device, args.repeat):
+            ratio = f"{seconds / baseline:8.2f}x" if baseline else f"{'':>9}"
+            print(f"{what:<72}{seconds:>10.4f}{ratio}")
+    print("ratio: time relative to the first row of its group, timed in this same run")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
