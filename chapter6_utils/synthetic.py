@@ -6,7 +6,7 @@ cancer (Narla et al., 2018). This module makes that story reproducible and measu
 * every image holds one lesion; benign and malignant lesions differ the way the ABCD
   heuristics of dermoscopy say (Asymmetry, Border irregularity, Colour variegation,
   Diameter), driven by one latent "malignancy" value per image;
-* the two classes overlap: 40% of lesions are atypical for their class, so a model
+* the two classes overlap: 38% of lesions are atypical for their class, so a model
   that looks only at the lesion tops out near 92%, not 100%;
 * a ruler (a light scale strip with tick marks) lies along a random edge of some images,
   and the split decides how often it comes with each class:
@@ -200,17 +200,19 @@ def make_lesions(n: int, split: str = "biased", seed: int = 0) -> LesionSet:
 def _latent_malignancy(rng, labels):
     """Latent malignancy m in [0, 1] per image.
 
-    Typical lesions (60%) sit far from the class boundary (benign m < 0.4, malignant
-    m > 0.6). Atypical ones (40%) fall in [0.4, 0.6], where the density of the own class
-    is four times that of the other: there the lesion says "probably" (80/20), not
-    "surely". A model that reads m perfectly is right 0.6 + 0.4 * 0.8 = 92% of the time.
-    That weak evidence (odds 4:1) is weaker than a ruler's in the biased split (17:1
-    present, 6:1 against when absent): it is the room a shortcut needs.
+    Typical lesions (62%) sit far from the class boundary (benign m < 0.33, malignant
+    m > 0.67). Atypical ones (38%) sit near it, in two narrow clusters (m in [0.41, 0.46]
+    and [0.54, 0.59]); each cluster holds four lesions of one class for every one of the
+    other: there the lesion says "probably" (80/20), not "surely". A model that reads m
+    perfectly is right 0.62 + 0.38 * 0.8 = 92% of the time. That weak evidence (odds 4:1)
+    is weaker than a ruler's in the biased split (17:1 present, 6:1 against when absent):
+    it is the room a shortcut needs. The gaps between the clusters, and between them and
+    the typical lesions, make the evidence readable without pixel-perfect perception.
     """
     n = labels.shape[0]
     kind = rng.random(n)
     u = rng.random(n)
-    m_benign = np.where(kind < 0.6, 0.4 * u, np.where(kind < 0.92, 0.4 + 0.1 * u, 0.5 + 0.1 * u))
+    m_benign = np.where(kind < 0.62, 0.33 * u, np.where(kind < 0.924, 0.41 + 0.05 * u, 0.54 + 0.05 * u))
     return np.where(labels == 1, 1.0 - m_benign, m_benign)
 
 

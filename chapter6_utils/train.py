@@ -15,6 +15,7 @@ by the test suite) are far from them, so every reported figure is on unseen imag
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from . import models as _models
 from .data import normalize
 from .synthetic import SPLITS, make_lesions
 
-__all__ = ["RECIPES", "Recipe", "train_model", "evaluate", "accuracy_by_split", "confusion", "main",
+__all__ = ["RECIPES", "Recipe", "train_model", "eval_set", "evaluate", "predict", "accuracy_by_split", "confusion", "main",
            "EVAL_SEED", "TEST_SEED", "TRAIN_SEED"]
 
 TRAIN_SEED = 1_000_000
@@ -57,22 +58,30 @@ RECIPES = {
 
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Predicted labels (N,) for lesion images (N, 3, 64, 64) in [0, 1]."""
+    """Predicted labels (N,) for lesion images (N, 3, 64, 64) in [0, 1], in eval mode
+    (the model's own mode is restored afterwards)."""
     dev = next(model.parameters()).device
-    out = [model(normalize(images[i:i + batch_size].to(dev))).argmax(1).cpu()
-           for i in range(0, len(images), batch_size)]
+    was_training = model.training
+    model.eval()
+    try:
+        out = [model(normalize(images[i:i + batch_size].to(dev))).argmax(1).cpu()
+               for i in range(0, len(images), batch_size)]
+    finally:
+        model.train(was_training)
     return torch.cat(out)
+
+
+@functools.lru_cache(maxsize=6)
+def eval_set(split: str, n: int = 2000, seed: int = EVAL_SEED):
+    """The evaluation images of ``split`` (cached: scoring several models on the same
+    images is common, and generating them costs more than a forward pass)."""
+    return make_lesions(n, split, seed=seed)
 
 
 def evaluate(model: nn.Module, split: str, n: int = 2000, seed: int = EVAL_SEED) -> float:
     """Accuracy of ``model`` on ``n`` fresh lesion images of ``split``."""
-    data = make_lesions(n, split, seed=seed)
-    was_training = model.training
-    model.eval()
-    try:
-        return float((predict(model, data.images) == data.labels).float().mean())
-    finally:
-        model.train(was_training)
+    data = eval_set(split, n, seed)
+    return float((predict(model, data.images) == data.labels).float().mean())
 
 
 def accuracy_by_split(model: nn.Module, n: int = 2000, seed: int = EVAL_SEED) -> dict:
@@ -82,8 +91,7 @@ def accuracy_by_split(model: nn.Module, n: int = 2000, seed: int = EVAL_SEED) ->
 
 def confusion(model: nn.Module, split: str, n: int = 2000, seed: int = EVAL_SEED) -> torch.Tensor:
     """2x2 confusion matrix (rows: true benign/malignant, columns: predicted)."""
-    data = make_lesions(n, split, seed=seed)
-    model.eval()
+    data = eval_set(split, n, seed)
     pred = predict(model, data.images)
     return torch.bincount(data.labels * 2 + pred, minlength=4).view(2, 2)
 

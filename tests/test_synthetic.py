@@ -84,8 +84,8 @@ def test_abcd_features_separate_the_classes_with_overlap(biased):
     for feature in (area, colour_spread):
         mal, ben = feature[d.labels == 1], feature[d.labels == 0]
         assert mal.median() > ben.median()
-        # ...but with overlap: some benign lesions score above the median malignant one
-        assert float((ben > mal.median()).float().mean()) > 0.01
+        # ...but with overlap: some benign lesions score above the lowest tenth of malignant ones
+        assert float((ben > mal.quantile(0.1)).float().mean()) > 0.01
     # the latent value behind the features gives ~90% accuracy, not 100%
     acc = float(((d.malignancy > 0.5).long() == d.labels).float().mean())
     assert 0.85 < acc < 0.95
