@@ -352,3 +352,5 @@ def test_ruler_share_shortcut_vs_clean():
         maps = saliency_map(model, x, 1)
         shares[name] = ((maps * ruler).sum((1, 2)) / maps.sum((1, 2))).mean().item()
     assert shares["lesion_cnn"] > shares["lesion_cnn_clean"], shares
+    # ...and more than a map spread evenly over the image would put there
+    assert shares["lesion_cnn"] > ruler.mean().item(), (shares, ruler.mean().item())
