@@ -15,12 +15,6 @@ from matplotlib.contour import ContourSet
 from chapter6_utils import data, synthetic, viz
 
 
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
-
-
 @pytest.fixture(scope="module")
 def lesions():
     return synthetic.make_lesions(4, "biased", seed=0)

@@ -12,12 +12,6 @@ from chapter6_utils import data, models, synthetic, viz, widgets
 pytest.importorskip("ipywidgets")
 
 
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
-
-
 @pytest.fixture(scope="module")
 def case():
     """A 64x64 lesion with a ruler, its masks, and the bundled CNN (random weights if absent)."""
