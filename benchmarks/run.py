@@ -4,7 +4,7 @@ Each benchmark is a function registered with ``@benchmark(group)`` that returns 
 ``(what, seconds, baseline_seconds_or_None)``. A ratio is printed only against a
 baseline timed in the same run, on the same machine and device, because absolute times
 move with the machine and its load; ratios move much less. Later notebooks' methods add
-their own groups here.
+their own groups in ``benchmarks/bench_<topic>.py`` (loaded automatically).
 
 Options: ``--only GROUP`` (repeatable), ``--device cpu|cuda`` (default: CUDA if present),
 ``--repeat N`` (timing repetitions; the median is reported).
@@ -12,43 +12,20 @@ Options: ``--only GROUP`` (repeatable), ``--device cpu|cuda`` (default: CUDA if 
 from __future__ import annotations
 
 import argparse
-import statistics
+import importlib
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # run from a clone without installing
+sys.path.insert(0, str(HERE))
 
 import chapter6_utils  # noqa: E402
 from chapter6_utils import models, synthetic  # noqa: E402
 from chapter6_utils.data import normalize  # noqa: E402
-
-BENCHMARKS: dict[str, callable] = {}
-
-
-def benchmark(group):
-    def register(fn):
-        BENCHMARKS[group] = fn
-        return fn
-    return register
-
-
-def timeit(fn, repeat=5, warmup=1, device=None) -> float:
-    """Median wall time of ``fn()`` in seconds (synchronising CUDA around each call)."""
-    sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        sync()
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
+from _common import BENCHMARKS, benchmark, timeit  # noqa: E402
 
 @benchmark("synthetic")
 def bench_synthetic(device, repeat):
@@ -129,7 +106,15 @@ def bench_smoothgrad(device, repeat):
     return rows
 
 
+def _load_groups() -> None:
+    # One file per notebook's methods (bench_deconvnet.py, bench_lrp.py, ...), each
+    # registering its groups with @benchmark; run.py keeps the shared ones.
+    for path in sorted(HERE.glob("bench_*.py")):
+        importlib.import_module(path.stem)
+
+
 def main(argv=None) -> int:
+    _load_groups()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--only", action="append", choices=list(BENCHMARKS))
     p.add_argument("--device", default=None)
