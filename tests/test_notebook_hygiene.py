@@ -242,3 +242,71 @@ def test_toc_files_exist():
         assert any((ROOT / f"{doc}{ext}").exists() for ext in (".md", ".ipynb")), (
             f"_toc.yml lists {doc}, which does not exist"
         )
+
+
+# --- Colab badges (scripts/colab_badges.py) -----------------------------------------
+
+
+def _load_badges():
+    spec = importlib.util.spec_from_file_location("colab_badges", ROOT / "scripts" / "colab_badges.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+badges = _load_badges()
+
+
+@pytest.mark.parametrize("path", CHAPTER_NOTEBOOKS, ids=_ids(CHAPTER_NOTEBOOKS))
+def test_notebook_has_its_colab_badge(path):
+    problems = badges.notebook_badge_problems(path)
+    assert not problems, (
+        f"{path.relative_to(ROOT)}: " + "; ".join(problems) + " (run python scripts/colab_badges.py)"
+    )
+    cell = _read(path).cells[0]
+    rel = path.relative_to(ROOT).as_posix()
+    assert cell.source.endswith(f"/blob/main/{rel})") and _repository_url().split("github.com/")[1] in cell.source
+
+
+def test_readme_lists_every_notebook_with_a_badge():
+    assert badges.readme_problems() == []
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for path in CHAPTER_NOTEBOOKS:
+        assert badges.colab_url(path.relative_to(ROOT).as_posix()) in readme
+
+
+def test_badge_script_is_idempotent_and_follows_the_config(tmp_path):
+    (tmp_path / "notebooks").mkdir()
+    config = (ROOT / "_config.yml").read_text(encoding="utf-8")
+    (tmp_path / "_config.yml").write_text(
+        config.replace(_repository_url(), "https://github.com/someone/fork"), encoding="utf-8"
+    )
+    (tmp_path / "README.md").write_text(f"# x\n\n{badges.README_START}\nold\n{badges.README_END}\n", encoding="utf-8")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# 09 · New"), nbformat.v4.new_code_cell("1")])
+    path = tmp_path / "notebooks" / "09_new.ipynb"
+    nbformat.write(nb, path)
+
+    assert badges.main(["--root", str(tmp_path), "--check"]) == 1
+    assert badges.notebook_badge_problems(path, tmp_path) == ["no Colab badge cell (tag 'colab-badge')"]
+    assert badges.main(["--root", str(tmp_path)]) == 0
+    first = path.read_bytes(), (tmp_path / "README.md").read_bytes()
+    assert badges.main(["--root", str(tmp_path)]) == 0  # a rerun changes nothing
+    assert (path.read_bytes(), (tmp_path / "README.md").read_bytes()) == first
+    assert badges.main(["--root", str(tmp_path), "--check"]) == 0
+
+    cells = _read(path).cells
+    assert len(cells) == 3 and cells[1].source == "# 09 · New"
+    assert "github/someone/fork/blob/main/notebooks/09_new.ipynb" in cells[0].source
+    assert "remove-cell" in cells[0].metadata.tags  # the book shows its own launch button instead
+    assert "someone/fork" in (tmp_path / "README.md").read_text(encoding="utf-8")
+
+    # a moved or edited badge is put back, once
+    cells[0].source = "[![Open In Colab](x)](https://colab.research.google.com/github/old/repo)"
+    nb = _read(path)
+    nb.cells = [nb.cells[1], cells[0], nb.cells[2]]
+    nbformat.write(nb, path)
+    problems = badges.notebook_badge_problems(path, tmp_path)
+    assert any("not the first cell" in p for p in problems) and any("stale" in p for p in problems)
+    badges.main(["--root", str(tmp_path)])
+    assert [c.cell_type for c in _read(path).cells] == ["markdown", "markdown", "code"]
+    assert badges.notebook_badge_problems(path, tmp_path) == []
