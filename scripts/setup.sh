@@ -5,6 +5,11 @@
 #   bash scripts/setup.sh --lab    # the same, plus JupyterLab (extra "dev")
 #   bash scripts/setup.sh --force  # reinstall even if nothing seems to have changed
 #
+# Also installs Debian's `chromium` (for scripts/browser_check.py) when no Chromium or
+# Chrome is found and apt-get can be used (as root, or with password-less sudo); where it
+# cannot, it says so loudly and the browser check is skipped with a warning (CI sets
+# BROWSER_CHECK_REQUIRED=1 to make that a failure). CHAPTER6_NO_APT=1 skips the attempt.
+#
 # Idempotent: a second run is quick. The install is skipped when pyproject.toml has
 # not changed since the last successful run and the key packages still import.
 # pip never reinstalls torch/torchvision/timm: pyproject.toml declares ranges, and an
@@ -55,5 +60,29 @@ fi
 # whatever other "python3" kernels exist on the machine.
 "$PY" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3" >/dev/null
 echo "setup: kernel 'python3' -> $PY"
+
+# Headless Chromium for scripts/browser_check.py (run by scripts/test.sh after the book build).
+if command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
+        || command -v google-chrome >/dev/null || command -v google-chrome-stable >/dev/null; then
+    :
+elif [[ "${CHAPTER6_NO_APT:-0}" != 1 ]] && command -v apt-get >/dev/null; then
+    SUDO=()
+    [[ $(id -u) -ne 0 ]] && sudo -n true 2>/dev/null && SUDO=(sudo -n)
+    if [[ $(id -u) -eq 0 || ${#SUDO[@]} -gt 0 ]]; then
+        echo "setup: installing Debian's chromium for the browser check (apt-get)"
+        if ! { "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium \
+                || { "${SUDO[@]}" apt-get update -q && "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+                     apt-get install -y -q --no-install-recommends chromium; }; } >/tmp/chapter6-apt.log 2>&1; then
+            echo "setup: WARNING: apt-get could not install chromium (log: /tmp/chapter6-apt.log);" \
+                 "the browser check will be skipped" >&2
+        fi
+    else
+        echo "setup: WARNING: no Chromium, and apt-get needs root: run 'sudo apt-get install chromium'" \
+             "or the browser check will be skipped" >&2
+    fi
+else
+    echo "setup: WARNING: no Chromium or Chrome found and no apt-get; install one (or set CHROMIUM=/path)" \
+         "or the browser check will be skipped" >&2
+fi
 
 echo "setup: done in $(( $(date +%s) - start )) s"

@@ -6,6 +6,10 @@
 #                                    cells marked "# NBVAL_CHECK_OUTPUT" must reproduce
 #                                    their stored text output
 #   3. the book build with -W        zero Sphinx warnings, every notebook executes
+#   4. the browser check             headless Chromium opens every built page; fails on a
+#                                    missing image, a notebook page without its figures or
+#                                    a broken link inside the book; screenshots of every
+#                                    notebook page in _build/screenshots/
 #
 #   bash scripts/test.sh
 #
@@ -74,6 +78,8 @@ else
 fi
 
 stage "book build -W" bash scripts/build_book.sh --skip-setup
+
+stage "browser check" .venv/bin/python scripts/browser_check.py
 
 summary
 echo "test.sh: all stages passed."
