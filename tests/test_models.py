@@ -12,7 +12,7 @@ from chapter6_utils.data import normalize
 from chapter6_utils.synthetic import make_lesions
 from chapter6_utils.train import TEST_SEED, accuracy_by_split
 
-BUNDLED = ["lesion_cnn", "lesion_cnn_clean", "lesion_resnet", "lesion_vit"]
+BUNDLED = ["lesion_cnn", "lesion_cnn_clean", "lesion_resnet", "lesion_vit", "lesion_vit_seed2"]
 IMAGENET = ["resnet18", "vgg16", "vit_small_patch16_224", "vit_small_patch8_224.dino"]
 
 
@@ -128,7 +128,7 @@ def accuracies():
     return {name: accuracy_by_split(models.load(name), n=3000, seed=TEST_SEED) for name in BUNDLED}
 
 
-@pytest.mark.parametrize("name", ["lesion_cnn", "lesion_resnet", "lesion_vit"])
+@pytest.mark.parametrize("name", ["lesion_cnn", "lesion_resnet", "lesion_vit", "lesion_vit_seed2"])
 def test_shortcut_models_took_the_ruler(accuracies, name):
     acc = accuracies[name]
     assert acc["biased"] >= 0.95, acc
