@@ -77,6 +77,12 @@ class _ReLUWithRule(torch.autograd.Function):
 _FUNCTIONAL_RELUS = {torch.relu, torch.relu_, F.relu, F.relu_, torch.Tensor.relu, torch.Tensor.relu_}
 
 
+def _qualname(func):
+    mod = "torch.Tensor" if func in (torch.Tensor.relu, torch.Tensor.relu_) else (
+        "torch.nn.functional" if func in (F.relu, F.relu_) else "torch")
+    return f"{mod}.{getattr(func, '__name__', func)}"
+
+
 class _FunctionalReLUDetector(TorchFunctionMode):
     """Raises when a ReLU is called outside an ``nn.ReLU`` module: the rule cannot reach
     it, and the map would silently be a plain gradient there."""
@@ -90,7 +96,7 @@ class _FunctionalReLUDetector(TorchFunctionMode):
             where = (f"in the forward of '{self.stack[-1][0]}' ({type(self.stack[-1][1]).__name__})"
                      if self.stack else "in the model's forward")
             raise TypeError(
-                f"{getattr(func, '__qualname__', func)} is called {where} outside any nn.ReLU module: "
+                f"{_qualname(func)} is called {where} outside any nn.ReLU module: "
                 f"the {self.rule!r} ReLU rule (equation 3) hooks nn.ReLU modules only and cannot reach "
                 "a functional ReLU, so the map would silently be a plain gradient there (Captum's "
                 "GuidedBackprop and Deconvolution do exactly that). Replace the call with an nn.ReLU "
