@@ -20,7 +20,9 @@ def cnn(device):
 @pytest.fixture(scope="module")
 def vgg(device):
     torch.manual_seed(0)
-    return models.load("vgg16", pretrained=False, device=device)
+    model = models.load("vgg16", pretrained=False, device=device)
+    # Captum computes weight gradients too; a test model can spare them (ours freezes them itself).
+    return model.requires_grad_(False)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +117,7 @@ def _deconv_gradient_of_max(model, x, layer, channel):
                                                  ("vgg", "features.14", 0)])
 def test_project_meets_the_deconvnet_gradient(which, layer, channel, cnn, vgg, lesions, device):
     model = cnn if which == "cnn" else vgg
-    x = lesions[1][:3] if which == "cnn" else torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2)).to(device)
+    x = lesions[1][:3] if which == "cnn" else torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2)).to(device)
     before = fingerprint(model)
     p = D.project(model, x, layer, channel)
     assert_same(model, before)
@@ -159,7 +161,7 @@ def test_errors_name_the_problem_and_leave_the_model_alone(cnn, lesions):
         D.project(net, torch.randn(1, 3, 16, 16), "fc", 0)
     assert_same(net, before)
     with pytest.raises(ValueError, match="no nn.ReLU"):
-        D.guided_backprop(nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(1), nn.LazyLinear(2)), torch.randn(1, 3, 8, 8), 0)
+        D.guided_backprop(nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(1), nn.Linear(72, 2)), torch.randn(1, 3, 8, 8), 0)
     resnet = models.load("lesion_resnet")
     before = fingerprint(resnet)
     with pytest.raises(ValueError, match=r"cannot invert 'bn1' \(BatchNorm2d\)"):
@@ -225,3 +227,22 @@ def test_guided_backprop_ignores_the_randomised_head(cnn, device):
     rho = {name: _mean_spearman(fn(cnn, x, 1), fn(rand, x, 1))
            for name, fn in [("gradient", saliency.gradient), ("guided", D.guided_backprop)]}
     assert rho["guided"] > rho["gradient"] + 0.05, rho
+
+
+def test_projection_widget_functions(cnn, lesions):
+    from chapter6_utils import widgets
+
+    x = lesions[1][:24]
+    top = widgets.projection_view(cnn, x, "features.8", 3, k=4)
+    assert len(top.patch) == 4 and top.layer == "features.8"
+    fig = widgets.projection_figure(top)
+    assert len(fig.axes) == 2 * 4 + 1  # patches, projections, one shared colorbar
+    assert fig.axes[4 + 1].images[0].cmap.name == "RdBu_r"
+    lo, hi = fig.axes[4 + 1].images[0].get_clim()
+    assert lo == -hi > -float("inf") and hi > 0
+    grid = widgets.projection_grid(cnn, x, [("features.3", 1), ("features.8", 3)], k=3)
+    assert len(grid.axes) == 2 * (2 * 3 + 1)
+    box = widgets.projection_explorer(cnn, x, ["features.3", "features.8"], k=3)
+    assert box.sliders["channel"].max == 63
+    box.sliders["layer"].value = "features.8"
+    assert ("features.8", 0) in box.cache and len(box.cache) == 2
