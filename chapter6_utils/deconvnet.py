@@ -342,9 +342,12 @@ def project(model, x, layer, channel: int, top_k: int = 1):
         channel: the feature channel of ``layer``'s output.
         top_k: activations kept per image (1: the strongest).
 
-    With ``top_k=1`` the result equals ``A * dA/dx`` for the kept activation ``A``, the
-    gradient taken with the deconvnet rule at every ReLU (the rule road of
-    :func:`deconvnet`).
+    With ``top_k=1`` the result equals the backward pass from the kept activation ``A``,
+    seeded with its value, with the deconvnet rule at every ReLU (the rule road of
+    :func:`deconvnet`): ``A * dA/dx`` when ``A > 0``.
+
+    Returns:
+        (N, C, H, W) on x's device; zero outside the receptive field of the kept units.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")

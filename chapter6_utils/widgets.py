@@ -287,7 +287,8 @@ def projection_view(model, images, layer, channel: int, k: int = 9):
 
 def _patch_rows(fig, gs, row, top, percentile, label):
     """Patches (row ``row``) and channel-summed projections (row ``row + 1``) of one
-    feature; the projections share one symmetric scale and one colorbar."""
+    feature in the first k columns of ``gs``; the projections share one symmetric scale
+    and one colorbar, in the last (narrow) column."""
     maps = [viz.to_map(p) for p in top.projection_patch]
     v = max(viz.robust_max(m, percentile) for m in maps) if maps else 1.0
     im = None
@@ -306,8 +307,7 @@ def _patch_rows(fig, gs, row, top, percentile, label):
         if j == 0:
             ax.set_ylabel("projection", fontsize=8)
     if im is not None:
-        cb = fig.colorbar(im, ax=fig.axes[-2 * len(maps) + 1::2], fraction=0.046, pad=0.02,
-                          ticks=[-v, 0.0, v], format="%.2g")
+        cb = fig.colorbar(im, cax=fig.add_subplot(gs[row + 1, -1]), ticks=[-v, 0.0, v], format="%.2g")
         cb.ax.tick_params(labelsize=6)
         cb.set_label(viz.scaling_note(True, percentile, short=True), fontsize=6)
 
@@ -318,16 +318,27 @@ _PROJECTION_CAPTION = ("Top: the receptive-field patches of the k strongest acti
                        "one symmetric scale per feature, limits ±{pct} of |value| over its patches.")
 
 
+def _patch_figure(tops, title, percentile, size):
+    # A fixed grid rather than constrained layout: with dozens of small panels the layout
+    # engine takes seconds to draw, and every panel here has the same size anyway.
+    k = max(max(len(t.patch) for t in tops), 1)
+    rows = 2 * len(tops)
+    width, height = k * size + 1.2, rows * size * 1.1 + 1.2
+    fig = plt.figure(figsize=(width, height))
+    gs = fig.add_gridspec(rows, k + 1, width_ratios=[1] * k + [0.12], left=0.6 / width, right=1 - 0.55 / width,
+                          top=1 - 0.45 / height, bottom=0.75 / height, wspace=0.15, hspace=0.3)
+    for i, top in enumerate(tops):
+        _patch_rows(fig, gs, 2 * i, top, percentile, f"{top.layer}:{top.channel}")
+    fig.suptitle(title, fontsize=9, y=1 - 0.1 / height, va="top")
+    fig.text(0.02, 0.05 / height, textwrap.fill(_PROJECTION_CAPTION.format(pct=viz._pct(percentile)),
+                                                int(width * 15)), fontsize=7, va="bottom")
+    return fig
+
+
 def projection_figure(top, title: str | None = None, percentile: float = viz.PERCENTILE, size: float = 1.0):
     """One feature's top patches over their projections, as a new Figure (pure)."""
-    k = len(top.patch)
-    fig = plt.figure(figsize=(max(k, 3) * size * 1.05 + 0.8, 2 * size + 1.3), layout="constrained")
-    gs = fig.add_gridspec(2, max(k, 1))
-    _patch_rows(fig, gs, 0, top, percentile, f"{top.layer}:{top.channel}")
-    fig.suptitle(title or f"Feature {top.channel} of {top.layer}: top {k} patches and projections", fontsize=9)
-    fig.supxlabel(textwrap.fill(_PROJECTION_CAPTION.format(pct=viz._pct(percentile)), int(k * size * 16 + 20)),
-                  fontsize=7, x=0.02, ha="left", multialignment="left")
-    return fig
+    return _patch_figure([top], title or f"Feature {top.channel} of {top.layer}: top {len(top.patch)} patches "
+                         "and their projections", percentile, size)
 
 
 def projection_explorer(model, images, layers, max_channel: int | None = None, k: int = 9):
@@ -362,12 +373,5 @@ def projection_grid(model, images, features, k: int = 9, percentile: float = viz
     """The static twin of :func:`projection_explorer`: for each ``(layer, channel)`` of
     ``features``, a row of its top-``k`` patches over a row of their projections."""
     tops = [projection_view(model, images, layer, channel, k) for layer, channel in features]
-    kmax = max(len(t.patch) for t in tops)
-    fig = plt.figure(figsize=(kmax * size * 1.05 + 1.0, 2 * len(tops) * size + 1.4), layout="constrained")
-    gs = fig.add_gridspec(2 * len(tops), kmax)
-    for i, top in enumerate(tops):
-        _patch_rows(fig, gs, 2 * i, top, percentile, f"{top.layer}:{top.channel}")
-    fig.suptitle(f"Deconvnet features: top {k} patches (rows 1, 3, ...) and projections", fontsize=9)
-    fig.supxlabel(textwrap.fill(_PROJECTION_CAPTION.format(pct=viz._pct(percentile)), int(kmax * size * 16 + 20)),
-                  fontsize=7, x=0.02, ha="left", multialignment="left")
-    return fig
+    return _patch_figure(tops, f"Deconvnet features: top {k} patches (rows 1, 3, ...) and their projections",
+                         percentile, size)

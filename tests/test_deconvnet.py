@@ -196,6 +196,8 @@ def test_top_activations(cnn, lesions):
     top, left, bottom, right = t.box[0]
     assert bottom - top <= 14 and right - left <= 14 and top <= 2 * r <= bottom
     assert t.patch[0].shape[-2:] == (bottom - top, right - left)
+    assert D.receptive_field(cnn, x, "features.8", r, c) == t.box[0]
+    assert D.receptive_field(cnn, x, "features.8", 10, 10) == (14, 14, 28, 28)  # 14 px, stride 2, offset -6
     torch.testing.assert_close(t.projection[0:1], D.project(cnn, x[i:i + 1], "features.8", 3))
     # The projection lives inside the receptive field.
     outside = t.projection[0].clone()
