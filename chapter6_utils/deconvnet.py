@@ -25,6 +25,7 @@ also when it raises, and computes on x's device.
 """
 from __future__ import annotations
 
+import numbers
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -313,7 +314,6 @@ def _keep_top(a, channel, top_k):
 
 
 def _check_channel(a, channel, name):
-    import numbers
     if isinstance(channel, bool) or not isinstance(channel, numbers.Integral):
         raise TypeError(f"channel must be an int, got {type(channel).__name__}")
     if a.dim() != 4:

@@ -81,8 +81,6 @@ def test_equal_to_captum(which, cnn, vgg, lesions, device):
 
 def test_backprop_rule_is_the_gradient_and_batches_match(cnn, lesions):
     x = lesions[1][:3]
-    with D.relu_rule(cnn, "backprop"):
-        pass
     g = saliency.gradient(cnn, x, 1)
     xx = x.clone().requires_grad_(True)
     with D.relu_rule(cnn, "backprop"):
