@@ -236,10 +236,33 @@ def _bundled(name):
 @pytest.mark.skipif(not (_bundled("lesion_cnn") and _bundled("lesion_cnn_clean")),
                     reason="needs the bundled lesion_cnn and lesion_cnn_clean weights")
 def test_positive_relevance_on_the_ruler_shortcut_vs_clean():
-    lesions = synthetic.make_lesions(200, "biased", seed=train.TEST_SEED).select(label=1, ruler=True)
+    lesions = synthetic.make_lesions(120, "biased", seed=train.TEST_SEED).select(label=1, ruler=True)
     x, ruler = normalize(lesions.images), lesions.ruler_mask.float()
     shares = {}
     for name in ("lesion_cnn", "lesion_cnn_clean"):
         positive = lrp.lrp(models.load(name), x, 1).sum(1).clamp(min=0)
         shares[name] = ((positive * ruler).sum((1, 2)) / positive.sum((1, 2)).clamp(min=1e-12)).mean().item()
     assert shares["lesion_cnn"] > shares["lesion_cnn_clean"], shares
+    assert shares["lesion_cnn"] > ruler.mean().item(), (shares, ruler.mean().item())  # more than its area
+
+
+# --------------------------------------------------------------------------- the rule-schedule widget
+def test_lrp_widget_pure_functions():
+    from chapter6_utils import widgets
+
+    one = synthetic.make_lesions(8, "biased", seed=train.EVAL_SEED).select(label=1, ruler=True)[:1]
+    model = models.load("lesion_cnn")
+    x, masks = normalize(one.images), (one.lesion_mask[0], one.ruler_mask[0])
+    m, stats = widgets.lrp_view(model, x, 1, "zB", 0.25, 0.25, masks=masks)
+    assert m.shape == (64, 64) and set(stats) >= {"score", "total", "positive_share", "ruler_share"}
+    assert abs(stats["total"] - float(lrp.lrp(model, x, 1).sum())) < 1e-5 * (1 + abs(stats["total"]))  # the chapter's
+    zero, _ = widgets.lrp_view(model, x, 1, "zero", 0.0, 0.0)
+    assert abs(float(zero.sum()) - float(lrp.lrp(model, x, 1, composite=lrp.all_zero()).sum())) < 1e-4
+    with pytest.raises(ValueError, match="first"):
+        widgets.lrp_schedule("wsquare")
+    fig = widgets.lrp_grid(model, x, 1, gamma_values=(0.0, 0.5), epsilon_values=(0.0, 0.25), masks=masks)
+    assert len([ax for ax in fig.axes if ax.get_title()]) == 1 + 4
+    box = widgets.lrp_explorer(model, x, 1, masks=masks)
+    assert box.params() == {"first": "zB", "gamma": 0.25, "epsilon": 0.25} and len(box.cache) == 1
+    box.sliders["gamma"].value = 1.0
+    assert len(box.cache) == 2
