@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn as nn
 import torchvision
-from torchvision.models.resnet import BasicBlock
 
 from chapter6_utils import data, lrp, models, synthetic, train
 from chapter6_utils.data import normalize

@@ -10,7 +10,7 @@ import torch.nn as nn
 from .._guard import attribution_method, class_scores
 from .canonize import canonize
 from .composites import Composite, chapter
-from .rules import MaxAsAverage, Rule, ZBox
+from .rules import MaxAsAverage, Rule
 
 __all__ = ["lrp", "conservation", "ConservationTable"]
 
@@ -113,7 +113,8 @@ def lrp(model, x, target, *, composite: Composite | None = None, maxpool: str = 
     :mod:`chapter6_utils.lrp.rules`): stabiliser ``eps * sign`` with ``sign(0) = +1``;
     gamma modifies the bias like the weights; z^B has no bias in its denominator; the
     output relevance is ``S_c`` itself (Zennit starts from whatever it is given);
-    max-pooling is winner-take-all unless ``maxpool="average"``.
+    max-pooling is winner-take-all unless ``maxpool="average"``; a merged BatchNorm
+    becomes the identity (Zennit leaves ``x / sqrt(1 + eps)``: see ``lrp.canonize``).
     """
     scores, ctx = _forward(model, x, target, composite, maxpool, return_layers)
     leaves = [ctx.input] + ctx.extra_leaves
