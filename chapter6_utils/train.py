@@ -269,8 +269,9 @@ def main(argv=None) -> int:
         print(f"training {name} on the {RECIPES[name].split!r} split")
         _, meta = train_model(name, out_dir=args.out)
         rows.append((name, meta["accuracy"], meta["train_seconds"]))
-    print(f"\naccuracy on fresh data (seed {EVAL_SEED}, 2000 images per split)")
-    print(f"{'model':<18}" + "".join(f"{s:>10}" for s in SPLITS) + f"{'seconds':>10}")
+    if rows:
+        print(f"\naccuracy on fresh data (seed {EVAL_SEED}, 2000 images per split)")
+        print(f"{'model':<18}" + "".join(f"{s:>10}" for s in SPLITS) + f"{'seconds':>10}")
     for name, acc, secs in rows:
         print(f"{name:<18}" + "".join(f"{acc[s]:>10.3f}" for s in SPLITS) + f"{secs:>10.0f}")
     for name, meta in gen_rows:
