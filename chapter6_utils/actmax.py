@@ -232,27 +232,27 @@ def high_frequency_energy(x: torch.Tensor, cutoff: float = 0.25) -> torch.Tensor
     return (p * high).flatten(1).sum(1) / p.flatten(1).sum(1).clamp_min(1e-12)
 
 
-def ruler_tick_energy(x: torch.Tensor, band: int = 14, periods=(3.0, 4.0)) -> torch.Tensor:
-    """How strongly an image shows ruler ticks along one of its edges, per image (N,).
+def ruler_tick_energy(x: torch.Tensor, band: int = 3, periods=(3.0, 4.0)) -> torch.Tensor:
+    """How strongly an image shows ruler-like ticks anywhere, per image (N,), in pixel units.
 
-    The lesion world's rulers lie along an edge and carry ticks every 3 or 4 pixels. For
-    each edge we average the grey image over a ``band`` of pixels next to it, giving a 1-D
-    profile along the edge, and take the share of the profile's power (mean removed) at
-    frequencies between 1/max(periods) and 1/min(periods) cycles per pixel (widened by
-    one frequency bin). The score is the largest share over the four edges: a smooth
-    image scores near 0, a periodic tick pattern near 1.
+    The lesion world's rulers carry ticks every 3 or 4 pixels across a light strip. We
+    average the grey image over ``band`` adjacent rows (and, separately, columns), take
+    the Fourier amplitude of each such line at the tick frequencies (1/4 to 1/3 cycles per
+    pixel, widened by one frequency bin), and keep the strongest line: the RMS amplitude
+    of the tick-frequency component, in [0, 1] pixel units. On the lesion world's test
+    images, those with a ruler score about ten times those without one.
     """
     g = x.mean(1) if x.dim() == 4 else x  # (N, H, W) grey
-    profiles = [g[:, :band].mean(1), g[:, -band:].mean(1), g[:, :, :band].mean(2), g[:, :, -band:].mean(2)]
-    scores = []
-    for prof in profiles:
-        prof = prof - prof.mean(1, keepdim=True)
-        p = torch.fft.rfft(prof).abs() ** 2
-        f = torch.fft.rfftfreq(prof.shape[1], device=x.device)
-        df = 1.0 / prof.shape[1]
-        sel = ((f >= 1 / max(periods) - df) & (f <= 1 / min(periods) + df)).to(p.dtype)
-        scores.append((p * sel).sum(1) / p[:, 1:].sum(1).clamp_min(1e-12))
-    return torch.stack(scores, 1).amax(1)
+    best = []
+    for lines in (g, g.transpose(1, 2)):  # rows, then columns
+        lines = F.avg_pool2d(lines.unsqueeze(1), (band, 1), stride=1).squeeze(1)
+        lines = lines - lines.mean(-1, keepdim=True)
+        length = lines.shape[-1]
+        f = torch.fft.rfftfreq(length, device=x.device)
+        sel = ((f >= 1 / max(periods) - 1 / length) & (f <= 1 / min(periods) + 1 / length)).to(lines.dtype)
+        power = (torch.fft.rfft(lines, dim=-1).abs() ** 2 * sel).sum(-1)
+        best.append((power.sqrt() * math.sqrt(2) / length).amax(1))  # RMS of the selected sinusoids
+    return torch.stack(best, 1).amax(1)
 
 
 def pooled_features(model: nn.Module, layer: str) -> Callable[[torch.Tensor], torch.Tensor]:

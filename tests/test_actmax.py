@@ -184,3 +184,17 @@ def test_dgn_am_leaves_both_networks_untouched(cnn, generator):
         generator.eval()
     with pytest.raises(ValueError, match="latent_dim"):
         actmax.dgn_am(cnn, torch.nn.Linear(4, 4), actmax.class_logit(0), steps=2)
+
+
+def test_widget_functions_are_pure_and_report_the_regularisers(cnn):
+    from chapter6_utils import widgets
+
+    image, stats = widgets.actmax_view(cnn, actmax.class_logit(1), steps=8, seed=0)
+    image2, _ = widgets.actmax_view(cnn, actmax.class_logit(1), steps=8, seed=0)
+    smooth, smooth_stats = widgets.actmax_view(cnn, actmax.class_logit(1), tv=8.0, steps=8, seed=0)
+    assert image.shape == (64, 64, 3) and (image == image2).all()
+    assert smooth_stats["tv"] < stats["tv"] and stats["objective"] > stats["start"]
+    fig = widgets.actmax_figure((image, stats), title="t")
+    assert fig.axes[0].get_title() == "t"
+    grid = widgets.actmax_grid(cnn, actmax.class_logit(1), steps=4, settings={"none": {}, "TV": {"tv": 1.0}})
+    assert [ax.get_title().split("\n")[0] for ax in grid.axes] == ["none", "TV"]
