@@ -198,6 +198,9 @@ _REGISTRY: dict[str, _Spec] = {
     "lesion_vit": _Spec(lesion_vit_architecture, "bundled", LESION_SIZE,
                         "ViT, patch 8, 6 blocks x 4 heads, trained on the biased split",
                         _lesion_classes),
+    "lesion_cnn_shuffled": _Spec(LesionCNN, "bundled", LESION_SIZE,
+                                 "the same CNN trained to memorise 256 images with permuted labels "
+                                 "(data randomisation test; at chance on new images)", _lesion_classes),
     "resnet18": _imagenet_spec(*_torchvision("resnet18", "ResNet18_Weights"),
                                "torchvision ResNet-18, ImageNet-1k"),
     "vgg16": _imagenet_spec(*_torchvision("vgg16", "VGG16_Weights"), "torchvision VGG-16, ImageNet-1k"),

@@ -17,12 +17,15 @@ this module measures it, on models whose shortcut is known.
 * :func:`relevance_mass`, :func:`relevance_rank_accuracy`, :func:`pointing_game`
   (Arras et al., 2022; Zhang et al., 2018): maps against the lesion and ruler masks.
 * :func:`agreement`: rank correlation between the maps of different methods.
+* :func:`randomization_grid`, :func:`similarity_curves`, :func:`curves_figure`,
+  :func:`agreement_figure`: the figures of notebook 07.
 
 Functions take a model, a normalised batch ``x`` (N, C, H, W) and targets as the methods
 do, and leave the model as they found it. Maps are (N, H, W).
 """
 from .faithfulness import (Curve, deletion_curve, insertion_curve, pointing_game, random_map,
                            relevance_mass, relevance_rank_accuracy)
+from .figures import agreement_figure, curves_figure, randomization_grid, similarity_curves
 from .randomization import (RandomizationResult, data_randomization, model_randomization,
                             randomization_layers, randomization_sweep, randomized_models)
 from .registry import (METHODS, Method, available_methods, conservation_error, get_method, is_vit,
@@ -33,4 +36,5 @@ __all__ = ["Method", "METHODS", "get_method", "available_methods", "method_maps"
            "randomization_layers", "randomized_models", "model_randomization", "randomization_sweep",
            "RandomizationResult", "data_randomization", "spearman", "ssim", "deletion_curve",
            "insertion_curve", "Curve", "random_map", "relevance_mass", "relevance_rank_accuracy",
-           "pointing_game", "agreement", "Agreement", "conservation_error", "relative_cost"]
+           "pointing_game", "agreement", "Agreement", "conservation_error", "relative_cost",
+           "randomization_grid", "similarity_curves", "curves_figure", "agreement_figure"]
