@@ -1,0 +1,451 @@
+"""Deconvnet and guided backpropagation (chapter 6, "Deconvnet and Guided Backpropagation").
+
+Two roads from a deep signal back to the pixels:
+
+* The *rule* road: an ordinary backward pass in which every ``nn.ReLU`` passes the
+  incoming signal by one of the three rules of equation 3 (:func:`relu_backward`,
+  applied to a model by :func:`relu_rule`). :func:`deconvnet` and
+  :func:`guided_backprop` are ``method(model, x, target)`` attribution methods built on it,
+  (N, C, H, W) like ``x``. Max-pooling and convolutions keep their usual backward, which
+  already is what Zeiler and Fergus describe: the signal goes to the recorded argmax
+  ("switches"), and the backward of a convolution is the transposed convolution with the
+  forward weights.
+* The *reconstruction* road: :func:`project` runs Zeiler & Fergus's deconvnet explicitly,
+  layer by layer (unpool with the switches, ReLU, transposed convolution), from the
+  strongest activations of one feature channel down to the pixels; :func:`top_activations`
+  finds the image patches that excite a feature most, with their projections.
+
+For one activation the two roads meet: ``project`` of activation ``A`` equals ``A`` times
+the gradient of ``A`` under the deconvnet rule (tested). Papers: Zeiler & Fergus (2014),
+"Visualizing and understanding convolutional networks"; Springenberg, Dosovitskiy, Brox &
+Riedmiller (2015), "Striving for simplicity: the all convolutional net".
+
+Every function leaves the model as it found it (:func:`chapter6_utils._guard.model_guard`),
+also when it raises, and computes on x's device.
+"""
+from __future__ import annotations
+
+import numbers
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from ._guard import attribution_method, check_input, class_scores, model_guard
+
+__all__ = ["RULES", "relu_backward", "relu_rule", "deconvnet", "guided_backprop", "project",
+           "top_activations", "TopActivations", "receptive_field"]
+
+#: The three ReLU backward rules of equation 3.
+RULES = ("backprop", "deconvnet", "guided")
+
+
+def relu_backward(a: torch.Tensor, g: torch.Tensor, rule: str) -> torch.Tensor:
+    """Equation 3: what a ReLU passes back, given its forward input ``a`` and the incoming
+    signal ``g`` (same shape).
+
+    * ``"backprop"``: ``g * [a > 0]`` (the chain rule);
+    * ``"deconvnet"``: ``max(g, 0)`` (the forward mask is ignored; Zeiler & Fergus, 2014);
+    * ``"guided"``: ``max(g, 0) * [a > 0]`` (both; Springenberg et al., 2015).
+    """
+    if rule == "backprop":
+        return g * (a > 0)
+    if rule == "deconvnet":
+        return g.clamp(min=0)
+    if rule == "guided":
+        return g.clamp(min=0) * (a > 0)
+    raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+
+
+class _ReLUWithRule(torch.autograd.Function):
+    """A ReLU whose backward is :func:`relu_backward` with a chosen rule."""
+
+    @staticmethod
+    def forward(ctx, a, rule):
+        ctx.rule = rule
+        ctx.save_for_backward(a)
+        return a.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return relu_backward(a, g, ctx.rule), None
+
+
+_FUNCTIONAL_RELUS = {torch.relu, torch.relu_, F.relu, F.relu_, torch.Tensor.relu, torch.Tensor.relu_}
+
+
+def _qualname(func):
+    mod = "torch.Tensor" if func in (torch.Tensor.relu, torch.Tensor.relu_) else (
+        "torch.nn.functional" if func in (F.relu, F.relu_) else "torch")
+    return f"{mod}.{getattr(func, '__name__', func)}"
+
+
+class _FunctionalReLUDetector(TorchFunctionMode):
+    """Raises when a ReLU is called outside an ``nn.ReLU`` module: the rule cannot reach
+    it, and the map would silently be a plain gradient there."""
+
+    def __init__(self, stack, rule):
+        super().__init__()
+        self.stack, self.rule = stack, rule
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in _FUNCTIONAL_RELUS and not (self.stack and isinstance(self.stack[-1][1], nn.ReLU)):
+            where = (f"in the forward of '{self.stack[-1][0]}' ({type(self.stack[-1][1]).__name__})"
+                     if self.stack else "in the model's forward")
+            raise TypeError(
+                f"{_qualname(func)} is called {where} outside any nn.ReLU module: "
+                f"the {self.rule!r} ReLU rule (equation 3) hooks nn.ReLU modules only and cannot reach "
+                "a functional ReLU, so the map would silently be a plain gradient there (Captum's "
+                "GuidedBackprop and Deconvolution do exactly that). Replace the call with an nn.ReLU "
+                "module (self.relu = nn.ReLU() in __init__).")
+        return func(*args, **(kwargs or {}))
+
+
+@contextmanager
+def relu_rule(model: nn.Module, rule: str):
+    """Within the block, every ``nn.ReLU`` of ``model`` passes signals back by ``rule``
+    (equation 3, :func:`relu_backward`); everything else keeps its usual backward.
+
+    The mechanism: a forward hook on each ``nn.ReLU`` replaces its output by the same
+    values computed by a ReLU with the chosen backward (in-place ReLUs run out of place
+    in the block, so that their input is still there). A ReLU called as a function in a
+    forward (``F.relu``, ``torch.relu``, ``x.relu()``) raises ``TypeError`` naming the
+    module whose forward calls it, and a model without any ``nn.ReLU`` raises
+    ``ValueError``. Run it under :func:`~chapter6_utils._guard.model_guard` (the
+    attribution methods here do): the hooks and ``inplace`` flags are then put back even
+    on an error.
+    """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    if not relus:
+        raise ValueError(f"{type(model).__name__} has no nn.ReLU module: the {rule!r} rule of equation 3 "
+                         "changes only ReLUs, so there is nothing to apply it to (the map would be a plain "
+                         "gradient)")
+    stack, handles = [], []
+
+    def push(name):
+        def hook(module, inputs):
+            stack.append((name, module))
+        return hook
+
+    def pop(module, inputs, output):
+        if stack and stack[-1][1] is module:
+            stack.pop()
+
+    def swap(module, inputs, output):
+        return _ReLUWithRule.apply(inputs[0], rule)
+
+    saved = [(m, m.inplace) for m in relus]
+    try:
+        for m in relus:
+            m.inplace = False
+            handles.append(m.register_forward_hook(swap))
+        for name, m in model.named_modules():
+            handles.append(m.register_forward_pre_hook(push(name or type(m).__name__)))
+            handles.append(m.register_forward_hook(pop, always_call=True))
+        with _FunctionalReLUDetector(stack, rule):
+            yield model
+    finally:
+        for h in handles:
+            h.remove()
+        for m, inplace in saved:
+            m.inplace = inplace
+
+
+def _rule_gradient(model, x, target, rule):
+    x = x.detach().clone().requires_grad_(True)
+    with relu_rule(model, rule):
+        scores = class_scores(model(x), target, int(target.max()))
+    (grad,) = torch.autograd.grad(scores.sum(), x)
+    return grad
+
+
+@attribution_method
+def deconvnet(model, x, target):
+    """Deconvnet attribution: dS_c/dx with every ReLU passing back ``max(g, 0)`` (equation 3,
+    deconvnet rule), (N, C, H, W) like ``x``.
+
+    Max-pooling routes the signal to its forward argmax and convolutions pass it back
+    through their transposed weights, as in Zeiler & Fergus (2014), "Visualizing and
+    understanding convolutional networks". Equals Captum's ``Deconvolution`` on models
+    whose ReLUs are ``nn.ReLU`` modules; a functional ReLU raises ``TypeError``.
+    """
+    return _rule_gradient(model, x, target, "deconvnet")
+
+
+@attribution_method
+def guided_backprop(model, x, target):
+    """Guided backpropagation: dS_c/dx with every ReLU passing back ``max(g, 0) * [a > 0]``
+    (equation 3, guided rule), (N, C, H, W) like ``x``.
+
+    Springenberg, Dosovitskiy, Brox & Riedmiller (2015), "Striving for simplicity: the all
+    convolutional net". Sharp maps that depend little on the weights of the upper layers
+    (Adebayo et al., 2018; equation 15). Equals Captum's ``GuidedBackprop`` on models whose
+    ReLUs are ``nn.ReLU`` modules; a functional ReLU raises ``TypeError``.
+    """
+    return _rule_gradient(model, x, target, "guided")
+
+
+# --------------------------------------------------------------------------- Zeiler-Fergus projection
+_INVERTIBLE = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Identity, nn.Dropout)
+
+
+def _resolve_layer(model, layer):
+    named = dict(model.named_modules())
+    if isinstance(layer, str):
+        if layer not in named or layer == "":
+            convs = [n for n, m in named.items() if isinstance(m, (nn.Conv2d, nn.ReLU, nn.MaxPool2d))]
+            raise ValueError(f"layer {layer!r} is not a module of {type(model).__name__}; "
+                             f"its convolutional modules are: {', '.join(convs[:40])}")
+        return layer, named[layer]
+    if isinstance(layer, nn.Module):
+        for n, m in named.items():
+            if m is layer and n:
+                return n, m
+        raise ValueError(f"layer {type(layer).__name__} is not a submodule of {type(model).__name__}; "
+                         "pass one of its modules or its name (e.g. 'features.6')")
+    raise TypeError(f"layer must be a module name (e.g. 'features.6') or a submodule, got {type(layer).__name__}")
+
+
+class _Stop(Exception):
+    pass
+
+
+@dataclass
+class _Step:
+    name: str
+    module: nn.Module
+    in_shape: torch.Size
+    switches: torch.Tensor | None = None  # max-pool argmax, flat index within each input plane
+
+
+def _forward_to(model, x, layer):
+    """Run ``model`` on ``x`` until ``layer`` has its output; return (output, chain of leaf
+    calls), the chain checked to be a plain sequence x -> leaf -> leaf -> ... -> output."""
+    name, target_module = _resolve_layer(model, layer)
+    leaves = {m: n for n, m in model.named_modules() if not list(m.children())}
+    calls, handles, result = [], [], {}
+
+    def record(module, inputs, output):
+        calls.append((leaves[module], module, inputs[0] if inputs else None, output))
+        if isinstance(module, nn.MaxPool2d) and isinstance(output, torch.Tensor):
+            # Recompute the pooling with its argmax: the switches of Zeiler & Fergus. An
+            # in-place op later on may overwrite `output` but not these indices.
+            _, idx = F.max_pool2d(inputs[0], module.kernel_size, module.stride, module.padding,
+                                  module.dilation, module.ceil_mode, return_indices=True)
+            calls[-1] = calls[-1] + (idx,)
+        else:
+            calls[-1] = calls[-1] + (None,)
+
+    def stop(module, inputs, output):
+        result["out"] = output
+        raise _Stop
+
+    for m in leaves:
+        handles.append(m.register_forward_hook(record))
+    handles.append(target_module.register_forward_hook(stop))
+    try:
+        model(x)
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    if "out" not in result:
+        raise ValueError(f"layer '{name}' ({type(target_module).__name__}) was never called by the model's forward")
+    steps, prev = [], x
+    for n, m, inp, out, idx in calls:
+        if inp is not prev:
+            what = "the input x" if prev is x else f"the output of the previous module '{steps[-1].name}'"
+            raise ValueError(
+                f"cannot invert '{n}' ({type(m).__name__}): its input is not {what}; the forward does "
+                "something between them that is not a module (a functional op such as F.relu, a "
+                "residual addition, a reshape). project inverts a plain chain of Conv2d, ReLU and "
+                "MaxPool2d modules, such as lesion_cnn's or VGG-16's features")
+        if not isinstance(m, _INVERTIBLE):
+            raise ValueError(f"cannot invert '{n}' ({type(m).__name__}): project inverts only Conv2d, ReLU "
+                             "and MaxPool2d (and Identity, Dropout in eval mode), as in Zeiler & Fergus's "
+                             "deconvnet; pick a layer before it (e.g. in lesion_cnn's or VGG-16's features)")
+        if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
+            raise ValueError(f"cannot invert '{n}' (Conv2d with padding_mode={m.padding_mode!r}): only zero padding")
+        steps.append(_Step(n, m, inp.shape, idx))
+        prev = out
+    if result["out"] is not prev:
+        raise ValueError(f"cannot invert the output of '{name}' ({type(target_module).__name__}): it is not the "
+                         "output of the last module called before it")
+    return result["out"], steps
+
+
+def _invert(steps, r):
+    """Zeiler & Fergus's deconvnet, from a signal ``r`` at the last step's output to the input."""
+    for step in reversed(steps):
+        m = step.module
+        if isinstance(m, nn.ReLU):
+            r = r.clamp(min=0)  # equation 3, deconvnet rule
+        elif isinstance(m, nn.MaxPool2d):
+            # Unpool: each value goes back to the position its window's maximum came from;
+            # overlapping windows add up, as the gradient does.
+            n, c, h, w = step.in_shape
+            r = torch.zeros(n, c, h * w, device=r.device, dtype=r.dtype).scatter_add_(
+                2, step.switches.flatten(2), r.flatten(2)).view(n, c, h, w)
+        elif isinstance(m, nn.Conv2d):
+            r = F.conv_transpose2d(r, m.weight, None, m.stride, m.padding, 0, m.groups, m.dilation)
+            # A strided convolution forgets trailing rows/columns of its input; give them back as zeros.
+            dh, dw = step.in_shape[-2] - r.shape[-2], step.in_shape[-1] - r.shape[-1]
+            if dh or dw:
+                r = F.pad(r, (0, dw, 0, dh))
+        # Identity and Dropout (eval) pass the signal unchanged.
+    return r
+
+
+def _keep_top(a, channel, top_k):
+    n, c = a.shape[:2]
+    flat = a[:, channel].reshape(n, -1)
+    k = min(top_k, flat.shape[1])
+    values, pos = flat.topk(k, dim=1)
+    kept = torch.zeros_like(a)
+    kept[:, channel].view(n, -1).scatter_(1, pos, values)
+    return kept, values, pos
+
+
+def _check_channel(a, channel, name):
+    if isinstance(channel, bool) or not isinstance(channel, numbers.Integral):
+        raise TypeError(f"channel must be an int, got {type(channel).__name__}")
+    if a.dim() != 4:
+        raise ValueError(f"layer '{name}' outputs shape {tuple(a.shape)}; project needs a (N, C, H, W) feature map")
+    if not 0 <= channel < a.shape[1]:
+        raise ValueError(f"channel {channel} is out of range: layer '{name}' has {a.shape[1]} channels")
+
+
+def project(model, x, layer, channel: int, top_k: int = 1):
+    """Zeiler & Fergus's projection of a feature to the pixels, (N, C, H, W) like ``x``.
+
+    A forward pass up to ``layer`` records the max-pool switches; in each image only the
+    ``top_k`` strongest activations of ``channel`` in ``layer``'s output are kept (with
+    their values), all else set to zero; then the network is inverted module by module
+    down to the pixels: max-pool -> unpool to the recorded switches, ReLU -> ReLU
+    (equation 3, deconvnet rule), convolution -> transposed convolution with the forward
+    weights (bias left out). Zeiler & Fergus (2014), "Visualizing and understanding
+    convolutional networks".
+
+    Args:
+        model: a network whose forward, up to ``layer``, is a plain chain of ``Conv2d``,
+            ``ReLU`` and ``MaxPool2d`` modules (``lesion_cnn``, VGG-16's ``features``);
+            anything else raises ``ValueError`` naming the module it cannot invert.
+        x: (N, C, H, W) normalised input.
+        layer: a module name (``"features.6"``) or the module itself.
+        channel: the feature channel of ``layer``'s output.
+        top_k: activations kept per image (1: the strongest).
+
+    With ``top_k=1`` the result equals the backward pass from the kept activation ``A``,
+    seeded with its value, with the deconvnet rule at every ReLU (the rule road of
+    :func:`deconvnet`): ``A * dA/dx`` when ``A > 0``.
+
+    Returns:
+        (N, C, H, W) on x's device; zero outside the receptive field of the kept units.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
+    check_input(model, x)
+    with torch.inference_mode(False), torch.no_grad(), model_guard(model):
+        x = x.detach().clone() if x.is_inference() else x.detach()
+        a, steps = _forward_to(model, x, layer)
+        _check_channel(a, channel, steps[-1].name if steps else str(layer))
+        kept, _, _ = _keep_top(a, channel, top_k)
+        return _invert(steps, kept)
+
+
+def receptive_field(model, x, layer, row: int, col: int):
+    """The input box ``(top, left, bottom, right)`` (bottom/right exclusive, clipped to the
+    image) that unit ``(row, col)`` of ``layer``'s output sees, from the kernel, stride,
+    padding and dilation of the chain of modules below it (same chains as :func:`project`)."""
+    check_input(model, x)
+    with torch.inference_mode(False), torch.no_grad(), model_guard(model):
+        _, steps = _forward_to(model, x[:1].detach(), layer)
+    return _box(steps, row, col, x.shape[-2], x.shape[-1])
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _box(steps, row, col, height, width):
+    lo, hi = [row, col], [row, col]
+    for step in reversed(steps):
+        m = step.module
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
+            k, s, p, d = (_pair(v) for v in (m.kernel_size, m.stride, m.padding, m.dilation))
+            for i in range(2):
+                lo[i] = lo[i] * s[i] - p[i]
+                hi[i] = hi[i] * s[i] - p[i] + d[i] * (k[i] - 1)
+    return (max(lo[0], 0), max(lo[1], 0), min(hi[0] + 1, height), min(hi[1] + 1, width))
+
+
+@dataclass
+class TopActivations:
+    """What :func:`top_activations` returns, strongest first (k entries each).
+
+    ``index``: image indices (k,); ``value``: the activations (k,); ``position``: (k, 2)
+    row/column in the layer's output; ``box``: (top, left, bottom, right) input boxes of
+    the receptive fields; ``patch``: the input crops (C, h, w), normalised like the input;
+    ``projection``: (k, C, H, W) full-size projections (:func:`project`, ``top_k=1``);
+    ``projection_patch``: their crops to the same boxes.
+    """
+
+    layer: str
+    channel: int
+    index: torch.Tensor
+    value: torch.Tensor
+    position: torch.Tensor
+    box: list
+    patch: list
+    projection: torch.Tensor
+    projection_patch: list
+
+
+def top_activations(model, images, layer, channel: int, k: int = 9, batch_size: int = 256) -> TopActivations:
+    """The ``k`` images whose strongest activation of ``channel`` in ``layer`` is highest,
+    with the receptive-field patch around that activation and its projection to the
+    pixels, as in Zeiler & Fergus's (2014) figures.
+
+    Args:
+        images: (N, C, H, W) normalised input (one activation per image is used, the
+            strongest, so the k patches come from k different images).
+        layer, channel: as in :func:`project`.
+        k: how many (at most N).
+        batch_size: images per forward pass when searching.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_input(model, images)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    k = min(k, images.shape[0])
+    best_v, best_p = [], []
+    with torch.inference_mode(False), torch.no_grad(), model_guard(model):
+        for start in range(0, images.shape[0], batch_size):
+            a, steps = _forward_to(model, images[start:start + batch_size].detach(), layer)
+            _check_channel(a, channel, steps[-1].name)
+            v, p = a[:, channel].flatten(1).max(dim=1)
+            best_v.append(v)
+            best_p.append(p)
+        name = _resolve_layer(model, layer)[0]
+        v, p = torch.cat(best_v), torch.cat(best_p)
+        value, index = v.topk(k)
+        width = a.shape[-1]
+        position = torch.stack([p[index] // width, p[index] % width], dim=1)
+        a, steps = _forward_to(model, images[index].detach(), layer)
+        kept, _, _ = _keep_top(a, channel, 1)
+        proj = _invert(steps, kept)
+    H, W = images.shape[-2:]
+    boxes = [_box(steps, int(r), int(c), H, W) for r, c in position.tolist()]
+    patch = [images[i, :, t:b, l:r].detach() for i, (t, l, b, r) in zip(index.tolist(), boxes)]
+    proj_patch = [proj[j, :, t:b, l:r] for j, (t, l, b, r) in enumerate(boxes)]
+    return TopActivations(name, int(channel), index, value, position, boxes, patch, proj, proj_patch)

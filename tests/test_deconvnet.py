@@ -1,0 +1,248 @@
+"""Deconvnet, guided backpropagation and the Zeiler-Fergus projection (chapter6_utils.deconvnet)."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+
+from chapter6_utils import data, models, saliency, synthetic, train
+from chapter6_utils import deconvnet as D
+
+
+@pytest.fixture(scope="module")
+def cnn(device):
+    return models.load("lesion_cnn", device=device)
+
+
+@pytest.fixture(scope="module")
+def vgg(device):
+    torch.manual_seed(0)
+    model = models.load("vgg16", pretrained=False, device=device)
+    # Captum computes weight gradients too; a test model can spare them (ours freezes them itself).
+    return model.requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def lesions(device):
+    s = synthetic.make_lesions(48, "biased", seed=train.TEST_SEED)
+    return s, data.normalize(s.images).to(device)
+
+
+def fingerprint(model):
+    """Everything a method could leave behind: values, flags, hooks, requires_grad."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    mods = [(n, m.training, getattr(m, "inplace", None), len(m._forward_hooks), len(m._forward_pre_hooks),
+             len(m._backward_hooks)) for n, m in model.named_modules()]
+    return state, mods, [p.requires_grad for p in model.parameters()]
+
+
+def assert_same(model, before):
+    state, mods, grads = fingerprint(model)
+    assert mods == before[1] and grads == before[2]
+    for k, v in before[0].items():
+        assert torch.equal(state[k], v), k
+
+
+def test_relu_rules_figure_7():
+    a = torch.tensor([5.0, 3.0, -1.0, 4.0])
+    g = torch.tensor([-0.5, 0.8, -0.3, 0.6])
+    assert D.relu_backward(a, g, "backprop").tolist() == pytest.approx([-0.5, 0.8, 0.0, 0.6])
+    assert D.relu_backward(a, g, "deconvnet").tolist() == pytest.approx([0.0, 0.8, 0.0, 0.6])
+    assert D.relu_backward(a, g, "guided").tolist() == pytest.approx([0.0, 0.8, 0.0, 0.6])
+    a2 = torch.tensor([-1.0, 2.0])
+    g2 = torch.tensor([0.7, -0.2])
+    assert D.relu_backward(a2, g2, "deconvnet").tolist() == pytest.approx([0.7, 0.0])  # mask ignored
+    assert D.relu_backward(a2, g2, "guided").tolist() == pytest.approx([0.0, 0.0])
+    with pytest.raises(ValueError, match="rule must be one of"):
+        D.relu_backward(a, g, "lrp")
+
+
+@pytest.mark.parametrize("which", ["cnn", "vgg"])
+def test_equal_to_captum(which, cnn, vgg, lesions, device):
+    from captum.attr import Deconvolution, GuidedBackprop
+
+    model = cnn if which == "cnn" else vgg
+    x = lesions[1][:4] if which == "cnn" else torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)).to(device)
+    target = [1, 0, 1, 1] if which == "cnn" else [3, 7]
+    before = fingerprint(model)
+    for ours, theirs in [(D.deconvnet, Deconvolution), (D.guided_backprop, GuidedBackprop)]:
+        a = ours(model, x, target)
+        assert_same(model, before)
+        with pytest.warns(UserWarning):
+            b = theirs(model).attribute(x.clone(), target=target)
+        assert a.shape == x.shape
+        assert a.abs().max() > 0
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    assert_same(model, before)
+
+
+def test_backprop_rule_is_the_gradient_and_batches_match(cnn, lesions):
+    x = lesions[1][:3]
+    g = saliency.gradient(cnn, x, 1)
+    xx = x.clone().requires_grad_(True)
+    with D.relu_rule(cnn, "backprop"):
+        out = cnn(xx)[:, 1].sum()
+    (ours,) = torch.autograd.grad(out, xx)
+    torch.testing.assert_close(ours, g, atol=1e-7, rtol=0)
+    batch = D.guided_backprop(cnn, x, 1)
+    one = torch.cat([D.guided_backprop(cnn, x[i:i + 1], 1) for i in range(3)])
+    torch.testing.assert_close(batch, one, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(D.guided_backprop(cnn, x, 1), D.deconvnet(cnn, x, 1))
+
+
+def _deconv_gradient_of_max(model, x, layer, channel):
+    """The rule road: the deconvnet-rule backward of the strongest activation A, seeded
+    with A's value (A * dA/dx when A > 0)."""
+    out = {}
+    h = dict(model.named_modules())[layer].register_forward_hook(lambda m, i, o: out.__setitem__("a", o))
+    xx = x.clone().requires_grad_(True)
+    try:
+        with D.relu_rule(model, "deconvnet"):
+            model(xx)
+    finally:
+        h.remove()
+    a = out["a"][:, channel].flatten(1)
+    value, pos = a.max(1)
+    (g,) = torch.autograd.grad(a.gather(1, pos[:, None]).squeeze(1), xx, grad_outputs=value.detach())
+    return g
+
+
+@pytest.mark.parametrize("which,layer,channel", [("cnn", "features.3", 2), ("cnn", "features.11", 7),
+                                                 ("cnn", "features.13", 4), ("vgg", "features.29", 5),
+                                                 ("vgg", "features.14", 0)])
+def test_project_meets_the_deconvnet_gradient(which, layer, channel, cnn, vgg, lesions, device):
+    model = cnn if which == "cnn" else vgg
+    x = lesions[1][:3] if which == "cnn" else torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2)).to(device)
+    before = fingerprint(model)
+    p = D.project(model, x, layer, channel)
+    assert_same(model, before)
+    ref = _deconv_gradient_of_max(model, x, layer, channel)
+    assert p.shape == x.shape and ref.abs().max() > 0
+    torch.testing.assert_close(p, ref, atol=1e-5 * float(ref.abs().max()), rtol=0)
+    assert D.project(model, x, layer, channel)[0].abs().sum() > 0
+    # The module object is accepted as well as its name; more activations give more signal.
+    p2 = D.project(model, x, dict(model.named_modules())[layer], channel)
+    torch.testing.assert_close(p, p2)
+    assert D.project(model, x, layer, channel, top_k=4).abs().sum() >= p.abs().sum() * (1 - 1e-6)
+
+
+def test_unpool_uses_the_switches():
+    pool = nn.Sequential(nn.MaxPool2d(2))
+    x = torch.tensor([[1.0, 2.0, 0.0, 1.0], [4.0, 3.0, 5.0, 2.0], [0.0, 1.0, 2.0, 2.5], [3.0, 0.5, 1.0, 0.0]])
+    p = D.project(pool, x.view(1, 1, 4, 4).expand(1, 3, 4, 4).contiguous(), "0", 0, top_k=4)
+    expected = torch.tensor([[0, 0, 0, 0], [4.0, 0, 5.0, 0], [0, 0, 0, 2.5], [3.0, 0, 0, 0]])
+    torch.testing.assert_close(p[0, 0], expected)
+    assert p[0, 1:].abs().sum() == 0
+
+
+class _FunctionalNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.relu, self.conv2, self.fc = nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.conv2(self.relu(self.conv(x)))).mean((2, 3)))
+
+
+def test_errors_name_the_problem_and_leave_the_model_alone(cnn, lesions):
+    x = lesions[1][:2]
+    net = _FunctionalNet()
+    before = fingerprint(net)
+    for fn in (D.deconvnet, D.guided_backprop):
+        with pytest.raises(TypeError, match=r"torch\.nn\.functional\.relu.*'_FunctionalNet'.*nn\.ReLU module"):
+            fn(net, torch.randn(1, 3, 16, 16), 0)
+        assert_same(net, before)
+    with pytest.raises(ValueError, match="cannot invert 'fc' .*previous module 'conv2'"):
+        D.project(net, torch.randn(1, 3, 16, 16), "fc", 0)
+    assert_same(net, before)
+    with pytest.raises(ValueError, match="no nn.ReLU"):
+        D.guided_backprop(nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(1), nn.Linear(72, 2)), torch.randn(1, 3, 8, 8), 0)
+    resnet = models.load("lesion_resnet")
+    before = fingerprint(resnet)
+    with pytest.raises(ValueError, match=r"cannot invert 'bn1' \(BatchNorm2d\)"):
+        D.project(resnet, x.cpu(), "layer1", 0)
+    assert_same(resnet, before)
+    before = fingerprint(cnn)
+    with pytest.raises(ValueError, match=r"cannot invert 'classifier.0' \(Flatten\)"):
+        D.project(cnn, x, "classifier.1", 0)
+    with pytest.raises(ValueError, match="'features.99' is not a module"):
+        D.project(cnn, x, "features.99", 0)
+    with pytest.raises(ValueError, match="channel 64 is out of range: layer 'features.11' has 64"):
+        D.project(cnn, x, "features.11", 64)
+    with pytest.raises(ValueError, match="top_k"):
+        D.project(cnn, x, "features.11", 0, top_k=0)
+    assert_same(cnn, before)
+
+
+def test_top_activations(cnn, lesions):
+    x = lesions[1][:32]
+    t = D.top_activations(cnn, x, "features.8", 3, k=5)
+    assert t.value.shape == (5,) and bool((t.value[:-1] >= t.value[1:]).all())
+    out = {}
+    h = cnn.features[8].register_forward_hook(lambda m, i, o: out.__setitem__("a", o))
+    with torch.no_grad():
+        cnn(x)
+    h.remove()
+    best = out["a"][:, 3].flatten(1).max(1).values
+    torch.testing.assert_close(t.value, best.topk(5).values)
+    i, (r, c) = int(t.index[0]), t.position[0].tolist()
+    assert out["a"][i, 3, r, c] == t.value[0]
+    # Receptive field of features.8 (4 convs 3x3, one 2x2 pool): 14 pixels, centred near 2*r.
+    top, left, bottom, right = t.box[0]
+    assert bottom - top <= 14 and right - left <= 14 and top <= 2 * r <= bottom
+    assert t.patch[0].shape[-2:] == (bottom - top, right - left)
+    assert D.receptive_field(cnn, x, "features.8", r, c) == t.box[0]
+    assert D.receptive_field(cnn, x, "features.8", 10, 10) == (14, 14, 28, 28)  # 14 px, stride 2, offset -6
+    torch.testing.assert_close(t.projection[0:1], D.project(cnn, x[i:i + 1], "features.8", 3))
+    # The projection lives inside the receptive field.
+    outside = t.projection[0].clone()
+    outside[:, top:bottom, left:right] = 0
+    assert outside.abs().sum() == 0 and t.projection_patch[0].abs().sum() > 0
+
+
+def _randomised(model, scope, seed=0):
+    copy_ = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for name, m in copy_.named_modules():
+            if name.startswith(scope) and isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.reset_parameters()
+    return copy_
+
+
+def _mean_spearman(a, b):
+    a, b = a.abs().sum(1).flatten(1).cpu().numpy(), b.abs().sum(1).flatten(1).cpu().numpy()
+    return float(np.mean([spearmanr(u, v)[0] for u, v in zip(a, b)]))
+
+
+def test_guided_backprop_ignores_the_randomised_head(cnn, device):
+    s = synthetic.make_lesions(64, "biased", seed=train.TEST_SEED).select(label=1)
+    x = data.normalize(s.images[:12]).to(device)
+    before = fingerprint(cnn)
+    rand = _randomised(cnn, "classifier")
+    assert_same(cnn, before)  # the loaded model is untouched
+    rho = {name: _mean_spearman(fn(cnn, x, 1), fn(rand, x, 1))
+           for name, fn in [("gradient", saliency.gradient), ("guided", D.guided_backprop)]}
+    assert rho["guided"] > rho["gradient"] + 0.05, rho
+
+
+def test_projection_widget_functions(cnn, lesions):
+    from chapter6_utils import widgets
+
+    x = lesions[1][:24]
+    top = widgets.projection_view(cnn, x, "features.8", 3, k=4)
+    assert len(top.patch) == 4 and top.layer == "features.8"
+    fig = widgets.projection_figure(top)
+    assert len(fig.axes) == 2 * 4 + 1  # patches, projections, one shared colorbar
+    assert fig.axes[4 + 1].images[0].cmap.name == "RdBu_r"
+    lo, hi = fig.axes[4 + 1].images[0].get_clim()
+    assert lo == -hi > -float("inf") and hi > 0
+    grid = widgets.projection_grid(cnn, x, [("features.3", 1), ("features.8", 3)], k=3)
+    assert len(grid.axes) == 2 * (2 * 3 + 1)
+    box = widgets.projection_explorer(cnn, x, ["features.3", "features.8"], k=3)
+    assert box.sliders["channel"].max == 63
+    box.sliders["layer"].value = "features.8"
+    assert ("features.8", 0) in box.cache and len(box.cache) == 2
