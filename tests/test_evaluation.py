@@ -164,11 +164,17 @@ def test_gradient_fails_to_survive_full_randomization(cnn, ruled):
 
 
 def test_guided_backprop_stays_closer_than_the_gradient(cnn, ruled):
-    """Adebayo et al. (2018): guided backprop barely notices that the weights are gone."""
+    """Adebayo et al. (2018): guided backprop barely notices that the upper layers' weights
+    are gone, and after full randomisation stays closer to its trained map than the
+    gradient does (seed 0; measured here: about 0.9 vs 0.6 with half the layers random,
+    0.3 vs 0.1 with all of them)."""
     _need("guided_backprop")
     x = normalize(ruled.images[:6])
     res = ev.randomization_sweep(cnn, ["gradient", "guided_backprop"], x, MALIGNANT, seed=0)
-    assert res["guided_backprop"].final().mean() > res["gradient"].final().mean() + 0.2
+    gb, grad = res["guided_backprop"].spearman.mean(1), res["gradient"].spearman.mean(1)
+    assert gb[-1] > grad[-1] + 0.1, (gb, grad)  # full randomisation
+    assert gb[1:].mean() > grad[1:].mean() + 0.2, (gb, grad)  # along the whole cascade
+    assert gb[4] > 0.85 > grad[4], (gb, grad)  # the top four layers re-initialised
     assert res["guided_backprop"].final("ssim").mean() > res["gradient"].final("ssim").mean()
 
 
