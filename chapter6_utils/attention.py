@@ -1,0 +1,257 @@
+"""Attention in Vision Transformers and attention rollout (chapter 6, "Attention in Vision Transformers").
+
+A ViT's attention weights are read, not attributed: nothing here takes a class, and the
+maps say where the CLS token gathered information from, not why the model decided.
+
+* :func:`attention_maps`: the softmax attention of every block, (N, L, heads, T, T),
+  equation 12 (Dosovitskiy et al., 2020).
+* :func:`cls_attention`: one layer's CLS row without the CLS column, on the patch grid.
+* :func:`rollout`: attention rollout, equation 13 (Abnar & Zuidema, 2020), (N, h, w).
+* :func:`upsample_to_image`: a patch-grid map at image resolution, for overlays.
+* :func:`rollout_map`: ``(model, x) -> (N, H, W)`` rollout at x's resolution, for
+  comparisons with attribution methods.
+
+Why not the chapter's hook on ``block.attn.attn_drop``: timm's ``Attention`` computes with
+``F.scaled_dot_product_attention`` when ``attn.fused_attn`` is True (the default), a path
+that never calls ``attn_drop``, so that hook records nothing. :func:`attention_maps` turns
+the fused path off for its own forward pass (under :func:`~chapter6_utils._guard.model_guard`,
+so every flag is back afterwards, also on error), hooks ``attn_drop``, and checks that
+every attention module reported exactly once.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._guard import check_input, check_target, model_guard
+
+__all__ = ["attention_maps", "cls_attention", "rollout", "upsample_to_image", "rollout_map",
+           "attention_modules", "HEAD_FUSIONS"]
+
+HEAD_FUSIONS = ("mean", "max", "min")
+
+
+def attention_modules(model: nn.Module) -> list:
+    """The timm ``Attention`` modules of ``model`` in forward order (one per block); a
+    clear ``TypeError`` when the model is not a timm Vision Transformer."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    from timm.layers import Attention
+
+    mods = [m for m in model.modules() if type(m) is Attention]
+    if not mods:
+        raise TypeError(f"{type(model).__name__} has no timm Attention modules: attention maps need a "
+                        "timm VisionTransformer (e.g. models.load('lesion_vit') or "
+                        "models.load('vit_small_patch16_224')); for a CNN use a gradient method "
+                        "such as chapter6_utils.saliency.saliency_map")
+    return mods
+
+
+def attention_maps(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The softmax attention of every block, equation 12: ``A_h = softmax(Q_h K_h^T / sqrt(d_k))``.
+
+    Dosovitskiy et al. (2020), "An image is worth 16x16 words". One forward pass in eval
+    mode without gradients; the fused attention path is off during that pass and
+    ``fused_attn`` (like every other flag, hook and mode) is as it was afterwards, even on
+    error. Works the same with fused attention on or off, for a batch as for one image.
+
+    Args:
+        model: a timm VisionTransformer taking ImageNet-normalised input (``lesion_vit``,
+            ``vit_small_patch16_224``, ``vit_small_patch8_224.dino``).
+        x: (N, 3, H, W) normalised input.
+
+    Returns:
+        (N, L, heads, T, T) float tensor on x's device; ``[i, l, h, q, k]`` is how much
+        token ``q`` attends to token ``k`` in head ``h`` of block ``l``; T counts the CLS
+        token (index 0) and the patches; every row sums to 1.
+    """
+    mods = attention_modules(model)
+    check_input(model, x)
+    captured: list = []
+
+    def grab(module, inputs, output):
+        captured.append(output.detach())
+
+    with model_guard(model):
+        for m in mods:
+            m.fused_attn = False  # the explicit path: softmax, then attn_drop (identity in eval)
+            m.attn_drop.register_forward_hook(grab)
+        with torch.no_grad():
+            model(x)
+    if len(captured) != len(mods):
+        raise RuntimeError(f"captured {len(captured)} attention matrices from {len(mods)} attention modules; "
+                           "this timm version computes attention differently (check Attention.forward)")
+    return torch.stack(captured, dim=1)
+
+
+def _check_attn(attn) -> None:
+    if not isinstance(attn, torch.Tensor) or attn.dim() != 5 or attn.shape[-1] != attn.shape[-2]:
+        shape = tuple(attn.shape) if isinstance(attn, torch.Tensor) else type(attn).__name__
+        raise ValueError(f"attn has shape {shape}; expected (N, L, heads, T, T) from attention_maps(model, x)")
+
+
+def _grid(tokens: int, num_prefix_tokens: int) -> tuple[int, int]:
+    patches = tokens - num_prefix_tokens
+    side = math.isqrt(max(patches, 0))
+    if patches <= 0 or side * side != patches:
+        raise ValueError(f"{tokens} tokens minus {num_prefix_tokens} prefix token(s) is not a square patch grid; "
+                         "set num_prefix_tokens to the model's (model.num_prefix_tokens)")
+    return side, side
+
+
+def _fuse(a: torch.Tensor, head_fusion: str, dim: int) -> torch.Tensor:
+    if head_fusion == "mean":
+        return a.mean(dim)
+    if head_fusion == "max":
+        return a.amax(dim)
+    if head_fusion == "min":
+        return a.amin(dim)
+    raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
+
+
+def cls_attention(attn: torch.Tensor, layer: int, head=None, num_prefix_tokens: int = 1) -> torch.Tensor:
+    """The CLS token's attention to the patches at one layer, on the patch grid.
+
+    Row 0 of ``A_h`` (equation 12) without the prefix columns (CLS, registers), reshaped
+    to the (h, w) patch grid; the values are the raw attention weights (they sum, with
+    the CLS self-weight, to 1).
+
+    Args:
+        attn: (N, L, heads, T, T) from :func:`attention_maps`.
+        layer: block index, negative counts from the last (-1: the last block).
+        head: an int (one head) -> (N, h, w); None (every head) -> (N, heads, h, w);
+            "mean", "max" or "min" (heads fused) -> (N, h, w).
+        num_prefix_tokens: tokens before the patches (1 for the CLS token).
+    """
+    _check_attn(attn)
+    n_layers, n_heads, tokens = attn.shape[1], attn.shape[2], attn.shape[-1]
+    if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or not -n_layers <= layer < n_layers:
+        raise ValueError(f"layer must be an int in [-{n_layers}, {n_layers}), got {layer!r}")
+    h, w = _grid(tokens, num_prefix_tokens)
+    row = attn[:, layer, :, 0, num_prefix_tokens:]  # (N, heads, h*w)
+    if head is None:
+        return row.reshape(attn.shape[0], n_heads, h, w)
+    if isinstance(head, str):
+        return _fuse(row, head, 1).reshape(attn.shape[0], h, w)
+    if isinstance(head, bool) or not isinstance(head, numbers.Integral) or not -n_heads <= head < n_heads:
+        raise ValueError(f"head must be None, one of {HEAD_FUSIONS} or an int in [-{n_heads}, {n_heads}), got {head!r}")
+    return row[:, head].reshape(attn.shape[0], h, w)
+
+
+def _alphas(alpha, n_layers: int, like: torch.Tensor) -> torch.Tensor:
+    a = torch.as_tensor(alpha, dtype=like.dtype).flatten()
+    if a.numel() == 1:
+        a = a.expand(n_layers)
+    if a.numel() != n_layers:
+        raise ValueError(f"alpha has {a.numel()} values for {n_layers} layers; give one float or one per layer")
+    if not bool(((a >= 0) & (a <= 1)).all()):
+        raise ValueError(f"alpha must lie in [0, 1] (weight of the attention against the residual identity), got {alpha!r}")
+    return a.to(like.device)
+
+
+def rollout(attn: torch.Tensor, head_fusion: str = "mean", discard_ratio: float = 0.0, alpha=0.5,
+            num_prefix_tokens: int = 1) -> torch.Tensor:
+    """Attention rollout, equation 13 (Abnar & Zuidema, 2020, "Quantifying attention flow
+    in transformers").
+
+    Per layer l: fuse the heads (``head_fusion``: mean, max or min over heads); set the
+    lowest ``discard_ratio`` of the fused T x T weights to zero, chosen among all weights
+    but the CLS self-weight ``[0, 0]``, which is never dropped (``floor(discard_ratio *
+    T * T)`` weights, at most T*T - 1); mix in the residual stream, ``A_hat_l = alpha_l A_l
+    + (1 - alpha_l) I``; renormalise each row to sum to 1. Then ``R_1 = A_hat_1`` and
+    ``R_l = A_hat_l R_{l-1}``. The map is row CLS of ``R_L`` without the prefix columns.
+
+    ``alpha=0.5`` is the chapter's equal weighting of attention and residual path;
+    Exercise 4's per-layer weighting is ``alpha`` with one value per layer (alpha = 1:
+    attention only; alpha = 0: the identity, a map of zeros). The rows of a max- or
+    min-fused matrix do not sum to 1 before the mixing: as in equation 13 the identity is
+    added to them as they are, and only the sum is renormalised. With alpha = 1 and
+    discarding, a row can lose all its weights: it stays zero (no NaN).
+
+    Args:
+        attn: (N, L, heads, T, T) from :func:`attention_maps`.
+        head_fusion: "mean", "max" or "min".
+        discard_ratio: in [0, 1): the fraction of each layer's fused weights set to zero.
+        alpha: a float in [0, 1], or L of them (one per layer, first layer first).
+        num_prefix_tokens: tokens before the patches (1 for the CLS token).
+
+    Returns:
+        (N, h, w) non-negative maps on attn's device; each map plus the CLS self-weight of
+        the rollout sums to 1. Batches give the maps of their images one at a time.
+    """
+    _check_attn(attn)
+    if head_fusion not in HEAD_FUSIONS:
+        raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
+    if isinstance(discard_ratio, bool) or not isinstance(discard_ratio, numbers.Real) or not 0 <= discard_ratio < 1:
+        raise ValueError(f"discard_ratio must be a number in [0, 1) (0.9 drops the lowest 90% of the weights), "
+                         f"got {discard_ratio!r}")
+    n, n_layers, tokens = attn.shape[0], attn.shape[1], attn.shape[-1]
+    h, w = _grid(tokens, num_prefix_tokens)
+    alphas = _alphas(alpha, n_layers, attn)
+    fused = _fuse(attn, head_fusion, 2)  # (N, L, T, T)
+    k = min(int(discard_ratio * tokens * tokens), tokens * tokens - 1)
+    if k > 0:
+        # Keeping the T*T - k largest is the same as dropping the k lowest, and cheaper
+        # at the usual high ratios (topk of 10% rather than of 90%).
+        flat = fused.flatten(2)
+        ranked = flat.clone()
+        ranked[..., 0] = float("inf")  # the CLS self-weight is always kept
+        keep = ranked.topk(tokens * tokens - k, dim=-1).indices
+        fused = torch.zeros_like(flat).scatter(-1, keep, flat.gather(-1, keep)).view_as(fused)
+    eye = torch.eye(tokens, dtype=attn.dtype, device=attn.device)
+    a = alphas.view(1, n_layers, 1, 1)
+    mixed = a * fused + (1 - a) * eye
+    total = mixed.sum(-1, keepdim=True)
+    # Only alpha = 1 with discarding can leave a row with nothing: it stays zero (that
+    # token passes nothing on) rather than becoming NaN.
+    mixed = torch.where(total > 0, mixed / total.clamp_min(torch.finfo(mixed.dtype).tiny), 0.0)
+    # Only row CLS of R_L = A_hat_L ... A_hat_1 is needed: multiplying that row through
+    # the layers from the top costs L vector-matrix products (T^2 each), not L matrix
+    # products (T^3 each); the same numbers up to float rounding.
+    row = mixed[:, -1, :1]  # (N, 1, T)
+    for layer in range(n_layers - 2, -1, -1):
+        row = row @ mixed[:, layer]
+    return row[:, 0, num_prefix_tokens:].reshape(n, h, w)
+
+
+def upsample_to_image(m: torch.Tensor, image_size, mode: str = "bilinear") -> torch.Tensor:
+    """A patch-grid map (h, w) or (N, h, w) at image resolution, (N, H, W) (or (H, W)).
+
+    ``image_size``: an int or (H, W). ``mode="bilinear"`` (smooth, for overlays; never
+    leaves the range of the map's values) or ``"nearest"`` (each patch's weight on all its
+    pixels: when the patches tile the image, mask shares are then exactly patch-weighted).
+    """
+    if not isinstance(m, torch.Tensor) or m.dim() not in (2, 3):
+        raise ValueError("m must be an (h, w) or (N, h, w) tensor")
+    if mode not in ("bilinear", "nearest"):
+        raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+    size = (int(image_size), int(image_size)) if isinstance(image_size, numbers.Integral) else tuple(map(int, image_size))
+    x = m[None, None] if m.dim() == 2 else m[:, None]
+    up = F.interpolate(x.float() if not x.is_floating_point() else x, size=size, mode=mode,
+                       **({"align_corners": False} if mode == "bilinear" else {}))
+    return up[0, 0] if m.dim() == 2 else up[:, 0]
+
+
+def rollout_map(model: nn.Module, x: torch.Tensor, target=None, *, head_fusion: str = "mean",
+                discard_ratio: float = 0.0, alpha=0.5, mode: str = "bilinear") -> torch.Tensor:
+    """Attention rollout (equation 13) of ``model`` on ``x`` at x's resolution, (N, H, W).
+
+    :func:`attention_maps`, then :func:`rollout`, then :func:`upsample_to_image`: the
+    shape every attribution method returns, for comparisons and evaluation. The model is
+    left exactly as found (``fused_attn`` included, also on error).
+
+    ``target`` is accepted for the ``method(model, x, target)`` interface and checked,
+    but attention does not depend on the class: every target gives the same map. This is
+    a map of where information flowed to the CLS token, not an attribution.
+    """
+    if target is not None:
+        check_target(target, x.shape[0] if isinstance(x, torch.Tensor) and x.dim() == 4 else 1)
+    attn = attention_maps(model, x)
+    prefix = int(getattr(model, "num_prefix_tokens", 1))
+    maps = rollout(attn, head_fusion=head_fusion, discard_ratio=discard_ratio, alpha=alpha,
+                   num_prefix_tokens=prefix)
+    return upsample_to_image(maps, x.shape[-2:], mode=mode)
