@@ -37,12 +37,15 @@ def randomization_grid(results: dict, index: int = 0, image=None, labels: dict |
             axes[i, 0].set_yticks([])
         axes[i, offset].set_ylabel(labels.get(name, name), fontsize=8)
         for j, layer in enumerate(layers):
+            ax = axes[i, j + offset]
             m = res.maps[j, index].abs().cpu().numpy()
-            im = viz.heatmap(axes[i, j + offset], m / viz.robust_max(m, percentile), signed=False,
-                             colorbar=False, percentile=100)
+            im = ax.imshow(m / viz.robust_max(m, percentile), cmap=viz.SEQUENTIAL_CMAP, vmin=0.0, vmax=1.0,
+                           interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
             if i == 0:
-                axes[i, j + offset].set_title("trained" if j == 0 else f"→ {layer}", fontsize=7, rotation=30)
-            axes[i, j + offset].set_xlabel(f"ρ {res.spearman[j, index]:.2f}", fontsize=7, labelpad=1)
+                ax.set_title("trained" if j == 0 else f"→ {layer}", fontsize=7, rotation=30)
+            ax.set_xlabel(f"ρ {res.spearman[j, index]:.2f}", fontsize=7, labelpad=1)
     if image is not None:
         axes[0, 0].set_title("input", fontsize=8)
     cb = fig.colorbar(im, ax=axes, fraction=0.02, pad=0.01, extend="max")
