@@ -29,7 +29,7 @@ from .data import IMAGENET_MEAN, IMAGENET_STD, imagenet_classes
 from .synthetic import CLASSES as LESION_CLASSES, IMAGE_SIZE as LESION_SIZE
 
 __all__ = ["ModelInfo", "load", "available", "build", "weights_path", "LesionCNN", "LesionResNet",
-           "lesion_vit_architecture", "WEIGHTS_DIR"]
+           "LesionGenerator", "lesion_vit_architecture", "WEIGHTS_DIR"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -124,6 +124,42 @@ def lesion_vit_architecture(num_classes: int = 2):
                              class_token=True, global_pool="token")
 
 
+class LesionGenerator(nn.Module):
+    """A DCGAN-shaped image generator for the lesion world: latent code z -> lesion image.
+
+    It is the decoder of a variational autoencoder trained on lesion images (skin, hair,
+    lesion, ruler; ``python -m chapter6_utils.train --model lesion_generator``), so codes
+    drawn from the standard normal prior decode to plausible lesion images. DGN-AM
+    (:func:`chapter6_utils.actmax.dgn_am`) searches this latent space.
+
+    Input (N, latent_dim) codes; output (N, 3, 64, 64) images in [0, 1], *not*
+    ImageNet-normalised (normalise before feeding a classifier).
+    """
+
+    def __init__(self, latent_dim: int = 64, widths=(128, 64, 32, 16)):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self._w0 = widths[0]
+        self.fc = nn.Linear(latent_dim, widths[0] * 4 * 4)
+        layers = []
+        for cin, cout in zip(widths[:-1], widths[1:]):  # 4 -> 8 -> 16 -> 32
+            layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1), nn.BatchNorm2d(cout), nn.ReLU()]
+        layers += [nn.ConvTranspose2d(widths[-1], 3, 4, 2, 1), nn.Sigmoid()]  # 64x64 in [0, 1]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z):
+        if z.dim() != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"latent codes must have shape (N, {self.latent_dim}), got {tuple(z.shape)}")
+        return self.net(self.fc(z).view(-1, self._w0, 4, 4))
+
+    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
+        """``n`` images decoded from prior codes z ~ N(0, I) drawn with ``seed``."""
+        dev = self.fc.weight.device
+        z = torch.randn(n, self.latent_dim, generator=torch.Generator().manual_seed(seed)).to(dev)
+        with torch.no_grad():
+            return self(z)
+
+
 # --------------------------------------------------------------------------- registry
 @dataclass
 class _Spec:
@@ -201,6 +237,9 @@ _REGISTRY: dict[str, _Spec] = {
     "lesion_cnn_shuffled": _Spec(LesionCNN, "bundled", LESION_SIZE,
                                  "the same CNN trained to memorise 256 images with permuted labels "
                                  "(data randomisation test; at chance on new images)", _lesion_classes),
+    "lesion_generator": _Spec(LesionGenerator, "bundled", LESION_SIZE,
+                              "VAE decoder: latent (N, 64) -> lesion images (N, 3, 64, 64) in [0, 1]",
+                              lambda: None),
     "resnet18": _imagenet_spec(*_torchvision("resnet18", "ResNet18_Weights"),
                                "torchvision ResNet-18, ImageNet-1k"),
     "vgg16": _imagenet_spec(*_torchvision("vgg16", "VGG16_Weights"), "torchvision VGG-16, ImageNet-1k"),
@@ -269,7 +308,8 @@ def load(name: str, pretrained="auto", device=None, weights_dir: str | os.PathLi
 
     Returns:
         the model (eval mode), taking ImageNet-normalised (N, 3, S, S) input with S =
-        ``model.ch6.input_size``.
+        ``model.ch6.input_size``. The exception is ``"lesion_generator"``: it takes
+        latent codes (N, ``model.latent_dim``) and returns (N, 3, S, S) images in [0, 1].
     """
     spec = _spec(name)
     if pretrained not in ("auto", True, False):

@@ -13,6 +13,10 @@ One model is the exception by design: ``lesion_cnn_shuffled`` sees one fixed set
 images every epoch, with permuted labels, and can only memorise them (Adebayo et al.'s
 data randomisation test); its ``meta["train_accuracy"]`` says how well it did.
 
+The same command trains ``lesion_generator``, the image generator behind DGN-AM: the
+decoder of a small variational autoencoder fitted to lesion images of the unbiased split
+(half of them with a ruler, so the generator can draw rulers for either class).
+
 Training seeds are ``TRAIN_SEED + 1000 * k + epoch``; ``EVAL_SEED`` and ``TEST_SEED`` (used
 by the test suite) are far from them, so every reported figure is on unseen images.
 """
@@ -33,7 +37,7 @@ from . import models as _models
 from .data import normalize
 from .synthetic import SPLITS, make_lesions
 
-__all__ = ["RECIPES", "Recipe", "train_model", "eval_set", "evaluate", "predict", "accuracy_by_split", "confusion", "main",
+__all__ = ["RECIPES", "Recipe", "GENERATOR_RECIPES", "GeneratorRecipe", "train_generator", "train_model", "eval_set", "evaluate", "predict", "accuracy_by_split", "confusion", "main",
            "EVAL_SEED", "TEST_SEED", "TRAIN_SEED", "training_set"]
 
 TRAIN_SEED = 1_000_000
@@ -63,7 +67,7 @@ RECIPES = {
     "lesion_resnet": Recipe("biased", epochs=6, n_per_epoch=8000, lr=2e-3, weight_decay=1e-4, seed_offset=2),
     "lesion_vit": Recipe("biased", epochs=10, n_per_epoch=8000, lr=1e-3, weight_decay=0.05, seed_offset=3),
     "lesion_cnn_shuffled": Recipe("biased", epochs=EPOCHS_SHUFFLED, n_per_epoch=N_SHUFFLED, lr=1e-3,
-                                  weight_decay=0.0, batch_size=32, seed_offset=4, fixed_set=True,
+                                  weight_decay=0.0, batch_size=32, seed_offset=5, fixed_set=True,
                                   shuffle_labels=True),
 }
 
@@ -80,6 +84,19 @@ def training_set(rc: Recipe):
         # Its own generator: the global one drives the batch order, as for the other models.
         labels = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(TRAIN_SEED + rc.seed_offset))]
     return data, labels
+
+
+@dataclass(frozen=True)
+class GeneratorRecipe(Recipe):
+    kl_weight: float = 0.05  # beta: lower keeps rulers and hair sharper, higher makes prior samples cleaner
+    latent_dim: int = 64
+
+
+#: Generators train with their own loop (a VAE), kept apart so the classifiers' path is untouched.
+GENERATOR_RECIPES = {
+    "lesion_generator": GeneratorRecipe("unbiased", epochs=12, n_per_epoch=8000, lr=2e-3, weight_decay=0.0,
+                                        seed_offset=4),
+}
 
 
 @torch.no_grad()
@@ -129,8 +146,11 @@ def train_model(name: str, *, recipe: Recipe | None = None, out_dir: str | Path 
     ``meta`` holds the recipe, the accuracy per split on ``EVAL_SEED`` data and the
     training time; it is stored beside the weights in ``<out_dir>/<name>.pt``.
     """
+    if name in GENERATOR_RECIPES:
+        return train_generator(name, recipe=recipe, out_dir=out_dir, eval_n=eval_n, log=log)
     if name not in RECIPES:
-        raise ValueError(f"no training recipe for {name!r}; trainable models: {', '.join(RECIPES)}")
+        raise ValueError(f"no training recipe for {name!r}; trainable models: "
+                         f"{', '.join([*RECIPES, *GENERATOR_RECIPES])}")
     rc = recipe or RECIPES[name]
     log = log or (lambda msg: print(msg, flush=True))  # flush: progress shows even when piped to a file
     torch.manual_seed(TRAIN_SEED + rc.seed_offset)
@@ -178,27 +198,118 @@ def train_model(name: str, *, recipe: Recipe | None = None, out_dir: str | Path 
     return model, meta
 
 
+class _LesionEncoder(nn.Module):
+    """The VAE's encoder (used only during training): image -> (mean, log-variance) of z."""
+
+    def __init__(self, latent_dim: int, widths=(16, 32, 64, 128)):
+        super().__init__()
+        layers, cin = [], 3
+        for cout in widths:  # 64 -> 32 -> 16 -> 8 -> 4
+            layers += [nn.Conv2d(cin, cout, 4, 2, 1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2)]
+            cin = cout
+        self.net = nn.Sequential(*layers, nn.Flatten())
+        self.fc = nn.Linear(widths[-1] * 16, 2 * latent_dim)
+
+    def forward(self, x):
+        return self.fc(self.net(x)).chunk(2, dim=1)
+
+
+def _vae_losses(encoder, decoder, x):
+    """Per-image squared reconstruction error and KL(q(z|x) || N(0, I)), both summed."""
+    mu, logvar = encoder(x)
+    z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # reparameterisation: noise from the seeded global RNG
+    recon = ((decoder(z) - x) ** 2).flatten(1).sum(1)
+    kl = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).sum(1)
+    return recon, kl
+
+
+def train_generator(name: str = "lesion_generator", *, recipe: GeneratorRecipe | None = None,
+                    out_dir: str | Path | None = None, eval_n: int = 2000, log=None) -> tuple[nn.Module, dict]:
+    """Train a lesion image generator as the decoder of a VAE; save it; return (decoder, meta).
+
+    Loss per image: ``||x - G(z)||^2 + beta * KL(q(z|x) || N(0, I))`` with z drawn from the
+    encoder's posterior (Kingma & Welling, 2014). The KL term pulls the codes of real
+    images towards the standard normal, which is what makes decoded prior samples look like
+    lesions and what DGN-AM's latent penalty relies on. ``meta`` records the recipe, the
+    reconstruction error and KL on ``EVAL_SEED`` images, and the training time.
+    """
+    if name not in GENERATOR_RECIPES:
+        raise ValueError(f"no generator recipe for {name!r}; generators: {', '.join(GENERATOR_RECIPES)}")
+    rc = recipe or GENERATOR_RECIPES[name]
+    log = log or (lambda msg: print(msg, flush=True))
+    torch.manual_seed(TRAIN_SEED + rc.seed_offset)
+    decoder = _models.LesionGenerator(latent_dim=rc.latent_dim)
+    encoder = _LesionEncoder(rc.latent_dim)
+    params = [*encoder.parameters(), *decoder.parameters()]
+    opt = torch.optim.Adam(params, lr=rc.lr)
+    steps = rc.epochs * -(-rc.n_per_epoch // rc.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=rc.lr, total_steps=steps, pct_start=0.1)
+    t0 = time.perf_counter()
+    for epoch in range(rc.epochs):
+        images = make_lesions(rc.n_per_epoch, rc.split, seed=TRAIN_SEED + 1000 * rc.seed_offset + epoch).images
+        order = torch.randperm(len(images))
+        encoder.train()
+        decoder.train()
+        r_sum, k_sum = 0.0, 0.0
+        for i in range(0, len(order), rc.batch_size):
+            x = images[order[i:i + rc.batch_size]]
+            recon, kl = _vae_losses(encoder, decoder, x)
+            loss = (recon + rc.kl_weight * kl).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            r_sum += float(recon.detach().sum())
+            k_sum += float(kl.detach().sum())
+        log(f"  {name} epoch {epoch + 1}/{rc.epochs}: recon {r_sum / len(order):.1f}, KL {k_sum / len(order):.1f} "
+            f"({time.perf_counter() - t0:.0f} s)")
+    encoder.eval()
+    decoder.eval()
+    with torch.no_grad():
+        x = eval_set("unbiased", eval_n).images
+        recon, kl = _vae_losses(encoder, decoder, x)
+    meta = {"recipe": rc.__dict__ | {}, "recon_mse_per_pixel": round(float(recon.mean()) / x[0].numel(), 5),
+            "kl": round(float(kl.mean()), 2), "eval_seed": EVAL_SEED, "eval_n": eval_n,
+            "latent_dim": rc.latent_dim, "train_seconds": round(time.perf_counter() - t0, 1),
+            "torch": str(torch.__version__)}
+    if out_dir is not None:
+        path = _models.weights_path(name, Path(out_dir))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"state_dict": decoder.state_dict(), "meta": meta}, path)
+        log(f"  saved {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    return decoder, meta
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m chapter6_utils.train", description=__doc__.split("\n")[0])
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--model", choices=list(RECIPES), action="append", help="model to train (repeatable)")
+    g.add_argument("--model", choices=[*RECIPES, *GENERATOR_RECIPES], action="append", help="model to train (repeatable)")
     g.add_argument("--all", action="store_true", help="train every bundled model")
     p.add_argument("--out", default=str(_models.WEIGHTS_DIR), help="where to write <name>.pt")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = list(RECIPES) if args.all else args.model
+    names = [*RECIPES, *GENERATOR_RECIPES] if args.all else args.model
     t0 = time.perf_counter()
-    rows = []
+    rows, gen_rows = [], []
     for name in names:
+        if name in GENERATOR_RECIPES:
+            print(f"training {name} (VAE decoder) on the {GENERATOR_RECIPES[name].split!r} split")
+            _, meta = train_generator(name, out_dir=args.out)
+            gen_rows.append((name, meta))
+            continue
         print(f"training {name} on the {RECIPES[name].split!r} split")
         _, meta = train_model(name, out_dir=args.out)
         rows.append((name, meta["accuracy"], meta["train_seconds"]))
-    print(f"\naccuracy on fresh data (seed {EVAL_SEED}, 2000 images per split)")
-    print(f"{'model':<18}" + "".join(f"{s:>10}" for s in SPLITS) + f"{'seconds':>10}")
+    if rows:
+        print(f"\naccuracy on fresh data (seed {EVAL_SEED}, 2000 images per split)")
+        print(f"{'model':<18}" + "".join(f"{s:>10}" for s in SPLITS) + f"{'seconds':>10}")
     for name, acc, secs in rows:
         print(f"{name:<18}" + "".join(f"{acc[s]:>10.3f}" for s in SPLITS) + f"{secs:>10.0f}")
+    for name, meta in gen_rows:
+        print(f"{name}: reconstruction MSE per pixel {meta['recon_mse_per_pixel']:.4f}, KL {meta['kl']:.1f} nats, "
+              f"{meta['train_seconds']:.0f} s")
     print(f"total {time.perf_counter() - t0:.0f} s")
     return 0
 

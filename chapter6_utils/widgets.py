@@ -26,7 +26,9 @@ from . import viz
 
 __all__ = ["explorer", "smoothgrad_view", "smoothgrad_figure", "smoothgrad_explorer", "smoothgrad_grid",
            "projection_view", "projection_figure", "projection_explorer", "projection_grid",
-           "attention_view", "attention_figure", "attention_explorer", "attention_grid"]
+           "attention_view", "attention_figure", "attention_explorer", "attention_grid",
+           "lrp_schedule", "lrp_view", "lrp_figure", "lrp_explorer", "lrp_grid",
+           "ACTMAX_ABLATION", "actmax_view", "actmax_figure", "actmax_explorer", "actmax_grid"]
 
 
 # --------------------------------------------------------------------------- generic explorer
@@ -532,5 +534,225 @@ def attention_grid(model, x, layers=None, settings=(("mean", 0.0), ("max", 0.9),
     if lesion is not None or ruler is not None:
         text += " Contours: lesion (cyan), ruler (yellow)."
     fig.supxlabel(textwrap.fill(text, int((cols + 1) * size * 1.2 * 13)), fontsize=8, x=0.02, ha="left",
+                  multialignment="left")
+    return fig
+
+
+# --------------------------------------------------------------------------- LRP rule schedule
+#: The first-layer rules the LRP explorer offers.
+LRP_FIRST_RULES = ("zB", "gamma", "epsilon", "zero")
+
+
+def lrp_schedule(first: str = "zB", gamma: float = 0.25, epsilon: float = 0.25, lower_share: float = 0.5):
+    """The composite the LRP explorer builds: ``first`` ("zB", "gamma", "epsilon" or
+    "zero") on the first layer, LRP-gamma on the lower ``lower_share`` of the other
+    convolutions, LRP-epsilon on the upper ones, and the chapter's dense head (epsilon
+    1e-6); ``gamma = 0`` and ``epsilon = 0`` are LRP-0. ``("zB", 0.25, 0.25)`` is
+    ``lrp.chapter()``."""
+    from . import lrp  # lazy, like the other method modules
+
+    rules = {"zB": lrp.ZBox(), "gamma": lrp.Gamma(gamma), "epsilon": lrp.Epsilon(epsilon), "zero": lrp.Zero()}
+    if first not in rules:
+        raise ValueError(f"first must be one of {LRP_FIRST_RULES}, got {first!r}")
+    upper = lrp.Epsilon(epsilon) if epsilon > 0 else lrp.Zero()
+    return lrp.Composite(first=rules[first], lower=lrp.Gamma(gamma), upper=upper, dense=lrp.Epsilon(1e-6),
+                         lower_share=lower_share, name=f"first {first}, gamma {gamma:g}, epsilon {epsilon:g}")
+
+
+def lrp_view(model, x, target: int, first: str = "zB", gamma: float = 0.25, epsilon: float = 0.25, masks=None):
+    """One LRP map for a rule schedule (:func:`lrp_schedule`) and numbers that describe it.
+
+    Returns ``(m, stats)``: ``m`` the (H, W) float32 CPU map (relevance summed over
+    channels, signed); ``stats``: ``score`` (S_c), ``total`` (sum of the map: equals the
+    score up to what biases and stabilisers absorbed), ``positive_share`` (share of the
+    absolute relevance that is positive) and, with ``masks = (lesion, ruler)``, the
+    share of the positive relevance on each (``lesion_share``, ``ruler_share``)."""
+    from . import lrp
+
+    x = _one_image(x)
+    rel = lrp.lrp(model, x, int(target), composite=lrp_schedule(first, float(gamma), float(epsilon)))
+    m = viz.to_map(rel[0]).float().cpu()
+    with torch.no_grad():
+        score = float(model(x)[0, int(target)])
+    flat = m.double()
+    pos = flat.clamp(min=0)
+    stats = {"score": score, "total": float(flat.sum()),
+             "positive_share": float(pos.sum() / flat.abs().sum().clamp(min=1e-30))}
+    for key, mask in zip(("lesion_share", "ruler_share"), masks or (None, None)):
+        if mask is not None:
+            stats[key] = float((pos * mask.cpu()).sum() / pos.sum().clamp(min=1e-30))
+    return m, stats
+
+
+def lrp_figure(x, m, stats: dict | None = None, masks=None, title: str | None = None,
+               percentile: float = viz.PERCENTILE, size: float = 3.0):
+    """Input | signed LRP map | overlay, as a new Figure (pure: nothing is shown)."""
+    lesion, ruler = masks if masks is not None else (None, None)
+    fig, axes = plt.subplots(1, 3, figsize=(3 * size * 1.15, size + 0.9), layout="constrained")
+    axes[0].imshow(viz._display_image(x), interpolation="nearest")
+    axes[0].set_xticks([])
+    axes[0].set_yticks([])
+    axes[0].set_title("input", fontsize=9)
+    viz.heatmap(axes[1], m, signed=True, title="relevance", percentile=percentile)
+    viz.overlay(axes[2], x, m, alpha=0.6, signed=True, title="over the input", percentile=percentile)
+    for ax in axes:
+        viz.draw_masks(ax, lesion, ruler, outline=True)
+    fig.suptitle(title or "LRP", fontsize=10)
+    text = f"LRP relevance, signed (red for, blue against; {viz.scaling_note(True, percentile)})."
+    if stats:
+        text += " " + ", ".join(f"{k.replace('_', ' ')} {v:.3g}" for k, v in stats.items()) + "."
+    fig.supxlabel(textwrap.fill(text, int(3 * size * 1.15 * 13)), fontsize=8, x=0.02, ha="left",
+                  multialignment="left")
+    return fig
+
+
+def lrp_explorer(model, x, target: int, first_rules=LRP_FIRST_RULES, gamma_values=(0.0, 0.1, 0.25, 0.5, 1.0),
+                 epsilon_values=(0.0, 0.01, 0.1, 0.25, 1.0), masks=None):
+    """Sliders that compose the LRP rule schedule (first-layer rule, gamma, epsilon) over
+    one image; starts at the chapter's composite. In the printed book use :func:`lrp_grid`."""
+    x = _one_image(x)
+    name = _class_name(model, int(target))
+
+    def compute(first, gamma, epsilon):
+        return lrp_view(model, x, target, first, gamma, epsilon, masks=masks)
+
+    def figure(result, first, gamma, epsilon):
+        m, stats = result
+        return lrp_figure(x, m, stats, masks=masks,
+                          title=f"LRP for {name}: first layer {first}, gamma {gamma:g}, epsilon {epsilon:g}")
+
+    first_rules = list(first_rules)
+    gamma_values, epsilon_values = [float(v) for v in gamma_values], [float(v) for v in epsilon_values]
+    return explorer(compute, figure, first=first_rules, gamma=_first(gamma_values, 0.25),
+                    epsilon=_first(epsilon_values, 0.25))
+
+
+def _first(values, preferred):
+    # SelectionSlider selects the first value: put the preferred one first, keep the rest in order
+    return [preferred] + [v for v in values if v != preferred] if preferred in values else values
+
+
+def lrp_grid(model, x, target: int, gamma_values=(0.0, 0.25, 1.0), epsilon_values=(0.0, 0.25, 1.0),
+             first: str = "zB", masks=None, percentile: float = viz.PERCENTILE, size: float = 2.0):
+    """The static twin of :func:`lrp_explorer`: signed LRP maps over gamma (rows) x
+    epsilon (columns) with ``first`` on the first layer; each panel scaled on its own,
+    with a colorbar and its input-relevance sum in the title. Returns the Figure."""
+    x = _one_image(x)
+    lesion, ruler = masks if masks is not None else (None, None)
+    rows, cols = len(gamma_values), len(epsilon_values)
+    fig = plt.figure(figsize=((cols + 1) * size * 1.25, rows * size + 1.0), layout="constrained")
+    gs = fig.add_gridspec(rows, cols + 1)
+    ax = fig.add_subplot(gs[:, 0])
+    ax.imshow(viz._display_image(x), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title("input", fontsize=9)
+    viz.draw_masks(ax, lesion, ruler, outline=True)
+    for i, g in enumerate(gamma_values):
+        for j, e in enumerate(epsilon_values):
+            m, stats = lrp_view(model, x, target, first, g, e, masks=masks)
+            ax = fig.add_subplot(gs[i, j + 1])
+            viz.heatmap(ax, m, signed=True, percentile=percentile, title=f"γ {g:g}, ε {e:g}: sum {stats['total']:.3g}",
+                        label=viz.scaling_note(True, percentile, short=True))
+            viz.draw_masks(ax, lesion, ruler, outline=True)
+    text = (f"LRP relevance for {_class_name(model, int(target))}, first layer {first}; rows: gamma on the lower "
+            f"convolutions, columns: epsilon on the upper ones (0 = LRP-0). Signed, diverging "
+            f"colormap centred at 0, {viz.scaling_note(True, percentile)}, each panel scaled on its own.")
+    fig.supxlabel(textwrap.fill(text, int((cols + 1) * size * 1.25 * 13)), fontsize=8, x=0.02, ha="left",
+                  multialignment="left")
+    return fig
+
+
+# --------------------------------------------------------------------------- activation maximisation
+#: The regulariser settings of the ablation (none, each alone, all together) that
+#: :func:`actmax_grid` draws by default; weights as :func:`chapter6_utils.actmax.maximize` takes them.
+ACTMAX_ABLATION = {
+    "none": {},
+    "L2": {"l2": 2.0},
+    "blur": {"blur_every": 4, "blur_sigma": 1.0},
+    "TV": {"tv": 2.0},
+    "all": {"l2": 2.0, "blur_every": 4, "blur_sigma": 1.0, "tv": 2.0, "jitter": 2},
+}
+
+
+def actmax_view(model, objective, l2: float = 0.0, blur_every: int = 0, tv: float = 0.0, jitter: int = 0,
+                steps: int = 64, lr: float = 0.05, blur_sigma: float = 1.0, seed: int = 0, image_size=None):
+    """One activation-maximisation image and the numbers the regularisers act on.
+
+    Runs :func:`chapter6_utils.actmax.maximize` with the given knobs (same seed, same
+    image). Returns ``(image, stats)``: ``image`` (H, W, 3) float array in [0, 1];
+    ``stats`` a dict with ``objective`` (final value), ``start`` (value on the starting
+    noise), ``l2`` (mean squared normalised pixel), ``tv`` (:func:`~chapter6_utils.actmax.total_variation`)
+    and ``high_freq`` (:func:`~chapter6_utils.actmax.high_frequency_energy`).
+    """
+    from . import actmax  # lazy, like the other method modules
+    from .data import normalize
+
+    r = actmax.maximize(model, objective, steps=int(steps), lr=lr, l2=float(l2), blur_every=int(blur_every),
+                        blur_sigma=blur_sigma, tv=float(tv), jitter=int(jitter), seed=seed, image_size=image_size)
+    x = r.image[:1]
+    stats = {"objective": r.trace[-1], "start": r.trace[0], "l2": float(normalize(x).pow(2).mean()),
+             "tv": float(actmax.total_variation(x)[0]), "high_freq": float(actmax.high_frequency_energy(x)[0])}
+    return x[0].permute(1, 2, 0).cpu().numpy(), stats
+
+
+def _actmax_stats_line(stats: dict) -> str:
+    return (f"objective {stats['start']:.1f} → {stats['objective']:.1f}; mean x² {stats['l2']:.2f}, "
+            f"TV {stats['tv']:.3f}, high-frequency share {stats['high_freq']:.0%}")
+
+
+def actmax_figure(result, title: str | None = None, size: float = 3.2):
+    """The image of :func:`actmax_view` with its numbers under it, as a new Figure."""
+    image, stats = result
+    fig, ax = plt.subplots(figsize=(size, size + 0.8), layout="constrained")
+    ax.imshow(image, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title or "activation maximisation", fontsize=9)
+    fig.supxlabel(textwrap.fill("Pixels in [0, 1], shown as they are (no rescaling). "
+                                + _actmax_stats_line(stats) + ".", int(size * 13)), fontsize=8,
+                  x=0.02, ha="left", multialignment="left")
+    return fig
+
+
+def actmax_explorer(model, objective, l2_values=(0.0, 0.5, 2.0, 8.0), blur_values=(0, 8, 4, 2),
+                    tv_values=(0.0, 0.5, 2.0, 8.0), jitter_values=(0, 1, 2, 4), steps: int = 64, seed: int = 0):
+    """Sliders for the regularisers of activation maximisation (L2 weight, blur every k
+    steps (0: never), TV weight, jitter in pixels) over one objective. Returns the
+    :func:`explorer` VBox; in the printed book use :func:`actmax_grid`."""
+    desc = getattr(objective, "description", str(objective))
+
+    def compute(l2, blur_every, tv, jitter):
+        return actmax_view(model, objective, l2, blur_every, tv, jitter, steps=steps, seed=seed)
+
+    def figure(result, l2, blur_every, tv, jitter):
+        return actmax_figure(result, title=f"{desc}: L2 {l2:g}, blur every {blur_every}, TV {tv:g}, jitter {jitter}")
+
+    return explorer(compute, figure, l2=list(map(float, l2_values)), blur_every=list(map(int, blur_values)),
+                    tv=list(map(float, tv_values)), jitter=list(map(int, jitter_values)))
+
+
+def actmax_grid(model, objective, settings: dict | None = None, steps: int = 64, seed: int = 0,
+                size: float = 2.2, image_size=None):
+    """The static twin of :func:`actmax_explorer`: one image per named regulariser setting
+    (default :data:`ACTMAX_ABLATION`), all from the same starting noise, each titled with
+    its final objective and the measures the regularisers act on. Returns the Figure."""
+    settings = settings or ACTMAX_ABLATION
+    views = {name: actmax_view(model, objective, steps=steps, seed=seed, image_size=image_size, **kw)
+             for name, kw in settings.items()}
+    fig, axes = plt.subplots(1, len(views), figsize=(len(views) * size, size + 1.2), layout="constrained",
+                             squeeze=False)
+    for ax, (name, (image, st)) in zip(axes[0], views.items()):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"{name}\nobj {st['objective']:.1f}, TV {st['tv']:.2f}\nhigh-freq {st['high_freq']:.0%}",
+                     fontsize=8)
+    desc = getattr(objective, "description", str(objective))
+    fig.suptitle(f"Activation maximisation of {desc}: regularisers compared ({steps} steps, seed {seed})", fontsize=10)
+    text = ("Pixels in [0, 1], shown as they are (no rescaling). Same starting noise in every panel. "
+            + "; ".join(f"{n}: " + (", ".join(f"{k}={v:g}" for k, v in kw.items()) or "no regulariser")
+                        for n, kw in settings.items()) + ".")
+    fig.supxlabel(textwrap.fill(text, int(len(views) * size * 13)), fontsize=8, x=0.02, ha="left",
                   multialignment="left")
     return fig

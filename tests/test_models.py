@@ -14,11 +14,12 @@ from chapter6_utils.train import RECIPES, TEST_SEED, accuracy_by_split, predict,
 
 BUNDLED = ["lesion_cnn", "lesion_cnn_clean", "lesion_resnet", "lesion_vit"]
 SHUFFLED = "lesion_cnn_shuffled"  # data randomisation: at chance on new images by design
+GENERATORS = ["lesion_generator"]  # bundled too, but maps latent codes to images (no classes)
 IMAGENET = ["resnet18", "vgg16", "vit_small_patch16_224", "vit_small_patch8_224.dino"]
 
 
 def test_available_lists_every_model():
-    assert models.available() == BUNDLED + [SHUFFLED] + IMAGENET
+    assert models.available() == BUNDLED + [SHUFFLED] + GENERATORS + IMAGENET
 
 
 def test_unknown_name_lists_the_valid_ones():
@@ -42,8 +43,20 @@ def test_bundled_models_load_with_metadata(name):
     assert out.shape == (4, 2) and torch.isfinite(out).all()
 
 
+def test_bundled_generator_loads_and_draws_images():
+    g = models.load("lesion_generator")
+    assert not g.training and g.ch6.weights == "bundled" and g.ch6.classes is None
+    assert g.ch6.extra["recon_mse_per_pixel"] < 0.02  # it reconstructs lesion images, not a blank
+    z = torch.randn(3, g.latent_dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        img = g(z)
+    assert img.shape == (3, 3, 64, 64) and img.min() >= 0 and img.max() <= 1
+    with pytest.raises(ValueError, match=r"latent codes must have shape \(N, 64\)"):
+        g(torch.zeros(3, 10))
+
+
 def test_bundled_weights_fit_the_size_budget():
-    total = sum(models.weights_path(n).stat().st_size for n in BUNDLED + [SHUFFLED])
+    total = sum(models.weights_path(n).stat().st_size for n in BUNDLED + [SHUFFLED] + GENERATORS)
     assert total < 30e6, f"bundled weights take {total / 1e6:.1f} MB (> 30 MB)"
 
 

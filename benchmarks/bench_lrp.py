@@ -1,0 +1,47 @@
+"""LRP benchmarks: the chapter's composite on VGG-16 at 224x224, against Zennit's
+EpsilonGammaBox on the same model and input, and against one plain forward + backward.
+Run: python benchmarks/run.py --only lrp"""
+from __future__ import annotations
+
+import torch
+from _common import benchmark, timeit
+
+from chapter6_utils import data, lrp, models
+
+
+@benchmark("lrp")
+def bench_lrp(device, repeat):
+    from zennit.attribution import Gradient
+    from zennit.composites import EpsilonGammaBox
+    from zennit.torchvision import VGGCanonizer
+
+    model = models.load("vgg16", pretrained=False, device=device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 224, 224, device=device)
+    target = 258
+    low, high = data.pixel_bounds_like(x)
+
+    def plain():
+        xx = x.clone().requires_grad_(True)
+        model(xx)[0, target].backward()
+
+    def zennit():
+        composite = EpsilonGammaBox(low=low, high=high, canonizers=[VGGCanonizer()])
+        with Gradient(model=model, composite=composite) as attributor:
+            attributor(x, lambda out: torch.eye(out.shape[1], device=device)[[target]] * out)
+
+    chapter = lrp.chapter()
+    box = lrp.epsilon_gamma_box()
+    t_plain = timeit(plain, repeat=repeat, device=device)
+    t_zennit = timeit(zennit, repeat=repeat, device=device)
+    t_ours = timeit(lambda: lrp.lrp(model, x, target, composite=chapter), repeat=repeat, device=device)
+    t_box = timeit(lambda: lrp.lrp(model, x, target, composite=box), repeat=repeat, device=device)
+    return [
+        ("VGG-16 224x224: forward + backward to the input (baseline)", t_plain, None),
+        ("VGG-16: Zennit EpsilonGammaBox (with VGGCanonizer)", t_zennit, None),
+        ("VGG-16: lrp, chapter composite, vs Zennit (target <= 1.0x)", t_ours, t_zennit),
+        ("VGG-16: lrp, chapter composite, vs forward + backward (target <= 4x)", t_ours, t_plain),
+        ("VGG-16: lrp, epsilon_gamma_box (Zennit's layout), vs Zennit", t_box, t_zennit),
+    ]
