@@ -160,6 +160,7 @@ def relative_cost(model, method, x, target, repeat: int = 3, **options) -> float
     backward pass to the input), best of ``repeat`` each. A ratio, so that it carries
     over between machines better than seconds do (still only roughly)."""
     def best(fn):
+        fn()  # warm-up: first calls pay for allocations and lazy initialisation
         times = []
         for _ in range(repeat):
             if x.device.type == "cuda":
