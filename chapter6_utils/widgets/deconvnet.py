@@ -1,0 +1,110 @@
+"""A feature's top patches and Zeiler-Fergus projections (notebook 03)."""
+from __future__ import annotations
+
+import textwrap
+
+import matplotlib.pyplot as plt
+
+from .. import viz
+from ._core import explorer
+
+
+# --------------------------------------------------------------------------- Deconvnet features
+def projection_view(model, images, layer, channel: int, k: int = 9):
+    """The ``k`` strongest image patches of one feature with their Zeiler-Fergus
+    projections: :func:`chapter6_utils.deconvnet.top_activations` (a ``TopActivations``)."""
+    from ..deconvnet import top_activations  # lazy, as for smoothgrad
+
+    return top_activations(model, images, layer, int(channel), k=int(k))
+
+
+def _patch_rows(fig, gs, row, top, percentile, label):
+    """Patches (row ``row``) and channel-summed projections (row ``row + 1``) of one
+    feature in the first k columns of ``gs``; the projections share one symmetric scale
+    and one colorbar, in the last (narrow) column."""
+    maps = [viz.to_map(p) for p in top.projection_patch]
+    v = max(viz.robust_max(m, percentile) for m in maps) if maps else 1.0
+    im = None
+    for j, (patch, m) in enumerate(zip(top.patch, maps)):
+        ax = fig.add_subplot(gs[row, j])
+        ax.imshow(viz._display_image(patch), interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"#{int(top.index[j])}: {float(top.value[j]):.2g}", fontsize=7)
+        if j == 0:
+            ax.set_ylabel(label, fontsize=8)
+        ax = fig.add_subplot(gs[row + 1, j])
+        im = ax.imshow(m.numpy(), cmap=viz.DIVERGING_CMAP, vmin=-v, vmax=v, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if j == 0:
+            ax.set_ylabel("projection", fontsize=8)
+    if im is not None:
+        cb = fig.colorbar(im, cax=fig.add_subplot(gs[row + 1, -1]), ticks=[-v, 0.0, v], format="%.2g")
+        cb.ax.tick_params(labelsize=6)
+        cb.set_label(viz.scaling_note(True, percentile, short=True), fontsize=6)
+
+
+_PROJECTION_CAPTION = ("Top: the receptive-field patches of the k strongest activations (image index: activation). "
+                       "Bottom: their Zeiler-Fergus projections to the pixels (deconvnet: unpool to the switches, "
+                       "ReLU, transposed convolution), summed over colour channels; signed, red +, blue −, white 0, "
+                       "one symmetric scale per feature, limits ±{pct} of |value| over its patches.")
+
+
+def _patch_figure(tops, title, percentile, size):
+    # A fixed grid rather than constrained layout: with dozens of small panels the layout
+    # engine takes seconds to draw, and every panel here has the same size anyway.
+    k = max(max(len(t.patch) for t in tops), 1)
+    rows = 2 * len(tops)
+    width, height = k * size + 1.2, rows * size * 1.1 + 1.2
+    fig = plt.figure(figsize=(width, height))
+    gs = fig.add_gridspec(rows, k + 1, width_ratios=[1] * k + [0.12], left=0.6 / width, right=1 - 0.55 / width,
+                          top=1 - 0.45 / height, bottom=0.75 / height, wspace=0.15, hspace=0.3)
+    for i, top in enumerate(tops):
+        _patch_rows(fig, gs, 2 * i, top, percentile, f"{top.layer}:{top.channel}")
+    fig.suptitle(title, fontsize=9, y=1 - 0.1 / height, va="top")
+    fig.text(0.02, 0.05 / height, textwrap.fill(_PROJECTION_CAPTION.format(pct=viz._pct(percentile)),
+                                                int(width * 15)), fontsize=7, va="bottom")
+    return fig
+
+
+def projection_figure(top, title: str | None = None, percentile: float = viz.PERCENTILE, size: float = 1.0):
+    """One feature's top patches over their projections, as a new Figure (pure)."""
+    return _patch_figure([top], title or f"Feature {top.channel} of {top.layer}: top {len(top.patch)} patches "
+                         "and their projections", percentile, size)
+
+
+def projection_explorer(model, images, layers, max_channel: int | None = None, k: int = 9):
+    """A layer menu and a channel slider over :func:`projection_view` /
+    :func:`projection_figure`; in the printed book use :func:`projection_grid`.
+
+    ``layers``: module names (e.g. ``["features.3", "features.8"]``); the channel slider
+    runs to ``max_channel`` (default: the widest of those layers minus one); a channel a
+    layer does not have prints the error in place of the figure."""
+    import ipywidgets as widgets
+
+    layers = list(layers)
+    if max_channel is None:
+        named = dict(model.named_modules())
+        widths = [getattr(named.get(n), "out_channels", 0) for n in layers]
+        convs = [m.out_channels for m in model.modules() if hasattr(m, "out_channels")]
+        max_channel = max(widths + [max(convs) if convs else 1]) - 1
+    layer_w = widgets.Dropdown(options=layers, value=layers[0], description="layer")
+    channel_w = widgets.IntSlider(value=0, min=0, max=int(max_channel), description="channel",
+                                  continuous_update=False)
+
+    def compute(layer, channel):
+        return projection_view(model, images, layer, channel, k)
+
+    def figure(top, layer, channel):
+        return projection_figure(top)
+
+    return explorer(compute, figure, layer=layer_w, channel=channel_w)
+
+
+def projection_grid(model, images, features, k: int = 9, percentile: float = viz.PERCENTILE, size: float = 0.9):
+    """The static twin of :func:`projection_explorer`: for each ``(layer, channel)`` of
+    ``features``, a row of its top-``k`` patches over a row of their projections."""
+    tops = [projection_view(model, images, layer, channel, k) for layer, channel in features]
+    return _patch_figure(tops, f"Deconvnet features: top {k} patches (rows 1, 3, ...) and their projections",
+                         percentile, size)
