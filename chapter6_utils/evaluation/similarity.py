@@ -92,8 +92,8 @@ def agreement(maps: dict) -> Agreement:
     names = list(maps)
     m = len(names)
     n = maps[names[0]].shape[0]
-    per = torch.ones(m, m, n)
+    per = torch.ones(m, m, n, device=maps[names[0]].device)
     for i in range(m):
         for j in range(i + 1, m):
-            per[i, j] = per[j, i] = spearman(maps[names[i]], maps[names[j]]).cpu()
+            per[i, j] = per[j, i] = spearman(maps[names[i]], maps[names[j]])
     return Agreement(names, per.nanmean(2), per)
