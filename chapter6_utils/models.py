@@ -237,6 +237,9 @@ _REGISTRY: dict[str, _Spec] = {
     "lesion_vit_seed2": _Spec(lesion_vit_architecture, "bundled", LESION_SIZE,
                               "lesion_vit's architecture and recipe, another training seed",
                               _lesion_classes),
+    "lesion_cnn_shuffled": _Spec(LesionCNN, "bundled", LESION_SIZE,
+                                 "the same CNN trained to memorise 256 images with permuted labels "
+                                 "(data randomisation test; at chance on new images)", _lesion_classes),
     "lesion_generator": _Spec(LesionGenerator, "bundled", LESION_SIZE,
                               "VAE decoder: latent (N, 64) -> lesion images (N, 3, 64, 64) in [0, 1]",
                               lambda: None),

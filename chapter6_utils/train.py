@@ -9,6 +9,10 @@ of images every epoch, so there is nothing to overfit), then scored on data made
 * ``swapped``: the ruler on ~85% of *benign* lesions. A model that learned the shortcut
   collapses here; a model that reads the lesion does not.
 
+One model is the exception by design: ``lesion_cnn_shuffled`` sees one fixed set of
+images every epoch, with permuted labels, and can only memorise them (Adebayo et al.'s
+data randomisation test); its ``meta["train_accuracy"]`` says how well it did.
+
 The same command trains ``lesion_generator``, the image generator behind DGN-AM: the
 decoder of a small variational autoencoder fitted to lesion images of the unbiased split
 (half of them with a ruler, so the generator can draw rulers for either class).
@@ -34,11 +38,12 @@ from .data import normalize
 from .synthetic import SPLITS, make_lesions
 
 __all__ = ["RECIPES", "Recipe", "GENERATOR_RECIPES", "GeneratorRecipe", "train_generator", "train_model", "eval_set", "evaluate", "predict", "accuracy_by_split", "confusion", "main",
-           "EVAL_SEED", "TEST_SEED", "TRAIN_SEED"]
+           "EVAL_SEED", "TEST_SEED", "TRAIN_SEED", "training_set"]
 
 TRAIN_SEED = 1_000_000
 EVAL_SEED = 2_024
 TEST_SEED = 31_337
+N_SHUFFLED, EPOCHS_SHUFFLED = 256, 60
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,10 @@ class Recipe:
     weight_decay: float
     batch_size: int = 64
     seed_offset: int = 0  # which block of training seeds the model draws its data from
+    # Adebayo et al.'s (2018) data randomisation: one fixed set of n_per_epoch images,
+    # seen every epoch, with its labels permuted, so that the model can only memorise.
+    fixed_set: bool = False
+    shuffle_labels: bool = False
 
 
 RECIPES = {
@@ -61,7 +70,24 @@ RECIPES = {
     # exercises ask which of its attention heads are a property of the recipe and which
     # an accident of one training run.
     "lesion_vit_seed2": Recipe("biased", epochs=10, n_per_epoch=8000, lr=1e-3, weight_decay=0.05, seed_offset=9),
+    "lesion_cnn_shuffled": Recipe("biased", epochs=EPOCHS_SHUFFLED, n_per_epoch=N_SHUFFLED, lr=1e-3,
+                                  weight_decay=0.0, batch_size=32, seed_offset=5, fixed_set=True,
+                                  shuffle_labels=True),
 }
+
+
+def training_set(rc: Recipe):
+    """The fixed training images and labels of a ``fixed_set`` recipe (labels permuted
+    when ``shuffle_labels``), as (LesionSet, labels (N,)); None for other recipes, which
+    draw fresh images every epoch."""
+    if not rc.fixed_set:
+        return None
+    data = make_lesions(rc.n_per_epoch, rc.split, seed=TRAIN_SEED + 1000 * rc.seed_offset)
+    labels = data.labels
+    if rc.shuffle_labels:
+        # Its own generator: the global one drives the batch order, as for the other models.
+        labels = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(TRAIN_SEED + rc.seed_offset))]
+    return data, labels
 
 
 @dataclass(frozen=True)
@@ -136,10 +162,14 @@ def train_model(name: str, *, recipe: Recipe | None = None, out_dir: str | Path 
     opt = torch.optim.AdamW(model.parameters(), lr=rc.lr, weight_decay=rc.weight_decay)
     steps = rc.epochs * -(-rc.n_per_epoch // rc.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=rc.lr, total_steps=steps, pct_start=0.15)
+    fixed = training_set(rc)
     t0 = time.perf_counter()
     for epoch in range(rc.epochs):
-        data = make_lesions(rc.n_per_epoch, rc.split, seed=TRAIN_SEED + 1000 * rc.seed_offset + epoch)
-        x_all, y_all = normalize(data.images), data.labels
+        if fixed is None:
+            data = make_lesions(rc.n_per_epoch, rc.split, seed=TRAIN_SEED + 1000 * rc.seed_offset + epoch)
+            x_all, y_all = normalize(data.images), data.labels
+        else:
+            x_all, y_all = normalize(fixed[0].images), fixed[1]
         order = torch.randperm(len(y_all))
         model.train()
         total, correct, loss_sum = 0, 0, 0.0
@@ -161,6 +191,9 @@ def train_model(name: str, *, recipe: Recipe | None = None, out_dir: str | Path 
     acc = accuracy_by_split(model, n=eval_n)
     meta = {"recipe": rc.__dict__ | {}, "accuracy": acc, "eval_seed": EVAL_SEED, "eval_n": eval_n,
             "train_seconds": round(time.perf_counter() - t0, 1), "torch": str(torch.__version__)}
+    if fixed is not None:  # how well it fits the set it saw (for shuffled labels: memorised)
+        meta["train_accuracy"] = float((predict(model, fixed[0].images) == fixed[1]).float().mean())
+        log(f"  {name} accuracy on its {len(fixed[1])} training images: {meta['train_accuracy']:.3f}")
     if out_dir is not None:
         path = _models.weights_path(name, Path(out_dir))
         path.parent.mkdir(parents=True, exist_ok=True)

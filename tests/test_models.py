@@ -10,15 +10,16 @@ import chapter6_utils
 from chapter6_utils import _net, models
 from chapter6_utils.data import normalize
 from chapter6_utils.synthetic import make_lesions
-from chapter6_utils.train import TEST_SEED, accuracy_by_split
+from chapter6_utils.train import RECIPES, TEST_SEED, accuracy_by_split, predict, training_set
 
 BUNDLED = ["lesion_cnn", "lesion_cnn_clean", "lesion_resnet", "lesion_vit", "lesion_vit_seed2"]
+SHUFFLED = "lesion_cnn_shuffled"  # data randomisation: at chance on new images by design
 GENERATORS = ["lesion_generator"]  # bundled too, but maps latent codes to images (no classes)
 IMAGENET = ["resnet18", "vgg16", "vit_small_patch16_224", "vit_small_patch8_224.dino"]
 
 
 def test_available_lists_every_model():
-    assert models.available() == BUNDLED + GENERATORS + IMAGENET
+    assert models.available() == BUNDLED + [SHUFFLED] + GENERATORS + IMAGENET
 
 
 def test_unknown_name_lists_the_valid_ones():
@@ -55,8 +56,21 @@ def test_bundled_generator_loads_and_draws_images():
 
 
 def test_bundled_weights_fit_the_size_budget():
-    total = sum(models.weights_path(n).stat().st_size for n in BUNDLED + GENERATORS)
+    total = sum(models.weights_path(n).stat().st_size for n in BUNDLED + [SHUFFLED] + GENERATORS)
     assert total < 30e6, f"bundled weights take {total / 1e6:.1f} MB (> 30 MB)"
+
+
+def test_shuffled_label_model_memorised_its_training_set():
+    """Adebayo et al.'s data randomisation: the model fits permuted labels it was shown
+    and is at chance on new images (the standard error at n = 2000 is about 1 point)."""
+    m = models.load(SHUFFLED)
+    assert m.ch6.weights == "bundled" and isinstance(m, models.LesionCNN)
+    fixed, labels = training_set(RECIPES[SHUFFLED])
+    assert (labels != fixed.labels).any()  # the labels it learned are not the true ones
+    fitted = float((predict(m, fixed.images) == labels).float().mean())
+    assert fitted >= 0.9 and fitted == pytest.approx(m.ch6.extra["train_accuracy"], abs=1e-6)
+    for split, acc in m.ch6.extra["accuracy"].items():
+        assert 0.4 <= acc <= 0.6, (split, acc)
 
 
 def test_missing_bundled_weights_fall_back_visibly(tmp_path, capsys):

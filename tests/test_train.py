@@ -53,6 +53,28 @@ def test_evaluation_seeds_are_not_training_seeds():
     assert train.EVAL_SEED not in training and train.TEST_SEED not in training
 
 
+def test_bundled_weights_were_trained_with_the_current_recipes():
+    """The recipe stored with each bundled model is the one RECIPES holds today (fields
+    added later keep their defaults), so `train --all` reproduces what is shipped."""
+    for name, rc in train.RECIPES.items():
+        stored = torch.load(models.weights_path(name), map_location="cpu", weights_only=True)["meta"]["recipe"]
+        current = rc.__dict__
+        assert {k: current[k] for k in stored} == stored, name
+        defaults = Recipe(rc.split, 1, 1, 0.1, 0.0).__dict__
+        assert all(current[k] == defaults[k] for k in current.keys() - stored.keys()), name
+
+
+def test_fixed_set_with_shuffled_labels(tmp_path):
+    recipe = Recipe("biased", epochs=2, n_per_epoch=64, lr=1e-3, weight_decay=0.0, batch_size=32,
+                    seed_offset=9, fixed_set=True, shuffle_labels=True)
+    data, labels = train.training_set(recipe)
+    assert len(labels) == 64 and torch.equal(labels.sort().values, data.labels.sort().values)
+    assert not torch.equal(labels, data.labels)
+    assert train.training_set(train.RECIPES["lesion_cnn"]) is None
+    _, meta = train.train_model("lesion_cnn", recipe=recipe, eval_n=64, log=lambda m: None)
+    assert 0.0 <= meta["train_accuracy"] <= 1.0 and meta["recipe"]["shuffle_labels"] is True
+
+
 def test_generator_training_is_reproducible_and_loads(tmp_path):
     recipe = train.GeneratorRecipe("unbiased", epochs=1, n_per_epoch=128, lr=2e-3, weight_decay=0.0, seed_offset=9)
     a, meta = train.train_model("lesion_generator", recipe=recipe, out_dir=tmp_path, eval_n=32, log=lambda m: None)

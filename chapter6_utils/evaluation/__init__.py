@@ -1,0 +1,40 @@
+"""Measuring attribution methods: sanity checks, faithfulness, ground truth (chapter 6,
+"All Four Methods, Side by Side" and "The False Confidence Problem").
+
+The chapter's Table 1 states which methods pass the sanity check and conserve relevance;
+this module measures it, on models whose shortcut is known.
+
+* :data:`METHODS`, :func:`get_method`, :func:`method_maps`: a registry, so that every
+  evaluation loops over methods the same way. A :class:`Method` turns its function's output
+  into a 2-D map (N, H, W) and knows how to read it as evidence (:meth:`Method.evidence`).
+* :func:`model_randomization` (equation 15, Adebayo et al., 2018): the map after each
+  layer is re-initialised, from the output down, and its similarity to the trained map
+  (:func:`spearman`, :func:`ssim`). :func:`randomization_sweep` does every method at once.
+* :func:`data_randomization`: the same comparison against a model trained on shuffled labels.
+* :func:`deletion_curve`, :func:`insertion_curve` (equation 14; Samek et al., 2017;
+  Petsiuk et al., 2018): the class probability as pixels are removed or inserted in the
+  order the map ranks them.
+* :func:`relevance_mass`, :func:`relevance_rank_accuracy`, :func:`pointing_game`
+  (Arras et al., 2022; Zhang et al., 2018): maps against the lesion and ruler masks.
+* :func:`agreement`: rank correlation between the maps of different methods.
+* :func:`randomization_grid`, :func:`similarity_curves`, :func:`curves_figure`,
+  :func:`agreement_figure`: the figures of notebook 07.
+
+Functions take a model, a normalised batch ``x`` (N, C, H, W) and targets as the methods
+do, and leave the model as they found it. Maps are (N, H, W).
+"""
+from .faithfulness import (Curve, deletion_curve, insertion_curve, pointing_game, random_map,
+                           relevance_mass, relevance_rank_accuracy)
+from .figures import agreement_figure, curves_figure, randomization_grid, similarity_curves
+from .randomization import (RandomizationResult, data_randomization, model_randomization,
+                            randomization_layers, randomization_sweep, randomized_models)
+from .registry import (METHODS, Method, available_methods, conservation_error, get_method, is_vit,
+                       method_maps, relative_cost)
+from .similarity import Agreement, agreement, spearman, ssim
+
+__all__ = ["Method", "METHODS", "get_method", "available_methods", "method_maps", "is_vit",
+           "randomization_layers", "randomized_models", "model_randomization", "randomization_sweep",
+           "RandomizationResult", "data_randomization", "spearman", "ssim", "deletion_curve",
+           "insertion_curve", "Curve", "random_map", "relevance_mass", "relevance_rank_accuracy",
+           "pointing_game", "agreement", "Agreement", "conservation_error", "relative_cost",
+           "randomization_grid", "similarity_curves", "curves_figure", "agreement_figure"]

@@ -1,0 +1,162 @@
+"""Faithfulness (deletion and insertion, equation 14) and localisation against the
+ground-truth masks of the lesion world."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .._guard import check_input, check_target, model_guard
+from ..data import normalize
+
+__all__ = ["Curve", "deletion_curve", "insertion_curve", "random_map", "relevance_mass",
+           "relevance_rank_accuracy", "pointing_game"]
+
+
+# --------------------------------------------------------------------------- faithfulness
+@dataclass
+class Curve:
+    """A deletion or insertion curve.
+
+    Attributes:
+        fractions: (S + 1,) share of pixels removed (deletion) or inserted (insertion).
+        scores: (N, S + 1) the target's probability (or logit) at each step.
+        auc: (N,) area under each curve (trapezoid rule over ``fractions`` in [0, 1]).
+    """
+
+    kind: str
+    baseline: str
+    fractions: torch.Tensor
+    scores: torch.Tensor
+    auc: torch.Tensor
+
+
+def _baseline(x: torch.Tensor, kind: str, blur_sigma: float | None) -> torch.Tensor:
+    if kind == "zero":  # black, in the normalised space the model sees
+        return normalize(torch.zeros_like(x)).expand_as(x)
+    if kind == "mean":  # each image's own mean colour
+        return x.mean(dim=(2, 3), keepdim=True).expand_as(x)
+    if kind == "blur":
+        sigma = blur_sigma if blur_sigma is not None else x.shape[-1] / 16
+        radius = max(1, int(3 * sigma))
+        t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+        k = torch.exp(-t ** 2 / (2 * sigma ** 2))
+        k = (k / k.sum()).repeat(x.shape[1], 1)
+        pad = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+        out = F.conv2d(pad, k[:, None, None, :], groups=x.shape[1])
+        return F.conv2d(out, k[:, None, :, None], groups=x.shape[1])
+    raise ValueError(f"baseline must be 'blur', 'mean' or 'zero', got {kind!r}")
+
+
+def _curve(kind, model, x, target, ranking, baseline, steps, score, batch_size, blur_sigma):
+    check_input(model, x)
+    n, _, h, w = x.shape
+    if ranking.shape != (n, h, w):
+        raise ValueError(f"map has shape {tuple(ranking.shape)}; expected (N, H, W) = {(n, h, w)} "
+                         "(reduce channels first, e.g. Method.__call__ or .sum(1))")
+    if score not in ("probability", "logit"):
+        raise ValueError(f"score must be 'probability' or 'logit', got {score!r}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    target = check_target(target, n, device=x.device)
+    base = _baseline(x, baseline, blur_sigma)
+    # position[i, p]: where pixel p of image i comes in the map's order (0 = most important).
+    order = ranking.detach().flatten(1).argsort(dim=1, descending=True, stable=True)
+    position = torch.empty_like(order)
+    position.scatter_(1, order, torch.arange(h * w, device=x.device).expand(n, -1))
+    position = position.view(n, 1, h, w)
+    fractions = torch.linspace(0, 1, steps + 1, device=x.device)
+    counts = (fractions * h * w).round().long()
+    scores = torch.empty(n, steps + 1, device=x.device)
+    with model_guard(model), torch.no_grad():
+        for start in range(0, steps + 1, batch_size):
+            ks = range(start, min(start + batch_size, steps + 1))
+            chosen = torch.cat([position < counts[k] for k in ks])  # pixels removed / inserted
+            xs, bs = x.repeat(len(ks), 1, 1, 1), base.repeat(len(ks), 1, 1, 1)
+            batch = torch.where(chosen, bs, xs) if kind == "deletion" else torch.where(chosen, xs, bs)
+            logits = model(batch)
+            out = logits.softmax(1) if score == "probability" else logits
+            picked = out.gather(1, target.repeat(len(ks))[:, None]).view(len(ks), n)
+            scores[:, start:start + len(ks)] = picked.T
+    auc = torch.trapezoid(scores, fractions, dim=1)
+    return Curve(kind, baseline, fractions, scores, auc)
+
+
+def deletion_curve(model, x, target, attribution, baseline: str = "blur", steps: int = 32,
+                   score: str = "probability", batch_size: int = 8, blur_sigma: float | None = None) -> Curve:
+    """Deletion (equation 14; Samek et al., 2017; Petsiuk et al., 2018): replace pixels by
+    ``baseline`` in the order ``attribution`` ranks them, most important first, and track
+    the target's score. A faithful map makes it fall fast: a small area under the curve.
+
+    Args:
+        attribution: (N, H, W) ranking, most important = largest (for a registered
+            method, :meth:`Method.ranking` of its map; a random map gives the reference).
+        baseline: what a removed pixel becomes: ``"blur"`` (the image blurred with a
+            Gaussian of std ``blur_sigma``, default W / 16 pixels), ``"mean"`` (the image's
+            mean colour) or ``"zero"`` (black).
+        steps: the curve has ``steps + 1`` points, 0 to 100% of the pixels removed.
+        score: ``"probability"`` (softmax of the target, bounded: areas compare across
+            images) or ``"logit"`` (S_c).
+        batch_size: steps evaluated per forward pass (each holds N images).
+    """
+    return _curve("deletion", model, x, target, attribution, baseline, steps, score, batch_size, blur_sigma)
+
+
+def insertion_curve(model, x, target, attribution, baseline: str = "blur", steps: int = 32,
+                    score: str = "probability", batch_size: int = 8, blur_sigma: float | None = None) -> Curve:
+    """Insertion, the mirror of :func:`deletion_curve`: start from the ``baseline`` image
+    and put the original pixels back, most important first. A faithful map makes the
+    score rise fast: a large area under the curve. Arguments as for :func:`deletion_curve`."""
+    return _curve("insertion", model, x, target, attribution, baseline, steps, score, batch_size, blur_sigma)
+
+
+def random_map(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """An (N, H, W) map of uniform noise: the order deletion is compared with."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand((x.shape[0],) + tuple(x.shape[2:]), generator=gen).to(x.device)
+
+
+# --------------------------------------------------------------------------- ground truth
+def _check_mask(evidence: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    if evidence.shape != mask.shape or evidence.dim() != 3:
+        raise ValueError(f"map {tuple(evidence.shape)} and mask {tuple(mask.shape)} must both be (N, H, W)")
+    if (evidence < 0).any():
+        raise ValueError("the map has negative values: pass evidence (Method.evidence: |map| for "
+                         "sensitivity maps, the positive part for signed relevance)")
+    return mask.to(device=evidence.device, dtype=torch.bool)
+
+
+def relevance_mass(evidence: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Share of the evidence inside ``mask``, (N,): ``sum_mask E / sum E`` (Arras et al.,
+    2022, relevance mass accuracy, on the positive part of a signed map). NaN for an
+    all-zero map. ``evidence`` (N, H, W) non-negative (:meth:`Method.evidence`); ``mask``
+    (N, H, W) bool (``LesionSet.ruler_mask``, ``.lesion_mask``)."""
+    mask = _check_mask(evidence, mask)
+    total = evidence.flatten(1).sum(1)
+    inside = (evidence * mask).flatten(1).sum(1)
+    return torch.where(total > 0, inside / total.clamp_min(torch.finfo(evidence.dtype).tiny),
+                       torch.full_like(total, float("nan")))
+
+
+def relevance_rank_accuracy(evidence: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Share of the K highest-evidence pixels that lie in ``mask``, K = the mask's pixel
+    count, (N,) (Arras et al., 2022). NaN for an empty mask."""
+    mask = _check_mask(evidence, mask)
+    flat, m = evidence.flatten(1), mask.flatten(1)
+    out = []
+    for e, mk in zip(flat, m):
+        k = int(mk.sum())
+        out.append(mk[e.topk(k).indices].float().mean() if k else torch.tensor(float("nan"), device=e.device))
+    return torch.stack(out)
+
+
+def pointing_game(evidence: torch.Tensor, mask: torch.Tensor, tolerance: int = 0) -> torch.Tensor:
+    """Whether each map's maximum falls on ``mask`` (grown by ``tolerance`` pixels), (N,)
+    bool (Zhang et al., 2018). Ties for the maximum count as a hit if any tied pixel hits."""
+    mask = _check_mask(evidence, mask)
+    if tolerance > 0:
+        k = 2 * tolerance + 1
+        mask = F.max_pool2d(mask[:, None].float(), k, stride=1, padding=tolerance)[:, 0] > 0
+    top = evidence.flatten(1).amax(1).view(-1, 1, 1)
+    return ((evidence == top) & mask).flatten(1).any(1)

@@ -1,0 +1,177 @@
+"""The registry of attribution methods the evaluations loop over, and the measured
+columns of the chapter's Table 1 that need nothing else (compute cost, conservation)."""
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from .._guard import check_target, model_guard
+
+__all__ = ["Method", "METHODS", "get_method", "available_methods", "method_maps", "is_vit",
+           "conservation_error", "relative_cost"]
+
+
+# --------------------------------------------------------------------------- registry
+def is_vit(model: nn.Module) -> bool:
+    """True for a timm Vision Transformer (it has ``patch_embed`` and ``blocks``)."""
+    return hasattr(model, "patch_embed") and hasattr(model, "blocks")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One attribution method as the evaluations see it.
+
+    Attributes:
+        name: the registry key.
+        target: ``"module:function"`` under ``chapter6_utils`` (imported when first called,
+            so the registry lists methods whose module is not installed yet) or a callable.
+        signed: whether the 2-D map keeps a sign.
+        evidence_rule: how the map is read as evidence for the class: ``"abs"``
+            (sensitivity: a large change either way), ``"positive"`` (signed relevance:
+            only what supports the class) or ``"value"`` (an unsigned map as it is).
+        reduce: how an (N, C, H, W) result becomes (N, H, W): ``"sum"`` over channels
+            (keeps the sign; LRP's conservation is over the sum) or ``None`` (already 2-D).
+        defaults: options passed to the function unless the caller overrides them.
+        architecture: ``"any"``, ``"cnn"`` (needs ReLU modules or LRP rules) or ``"vit"``.
+        label: the name in figures and tables.
+    """
+
+    name: str
+    target: str | Callable
+    signed: bool
+    evidence_rule: str
+    reduce: str | None = "sum"
+    defaults: dict = field(default_factory=dict)
+    architecture: str = "any"
+    label: str = ""
+
+    def function(self) -> Callable:
+        if callable(self.target):
+            return self.target
+        module, attr = self.target.split(":")
+        try:
+            mod = importlib.import_module(f"chapter6_utils.{module}")
+        except ImportError as err:
+            raise ImportError(f"method {self.name!r} needs chapter6_utils.{module}, which is not "
+                              f"installed in this copy of the package ({err})") from err
+        return getattr(mod, attr)
+
+    def is_available(self) -> bool:
+        try:
+            self.function()
+        except (ImportError, AttributeError):
+            return False
+        return True
+
+    def applies_to(self, model: nn.Module) -> bool:
+        return self.architecture == "any" or (self.architecture == "vit") == is_vit(model)
+
+    def raw(self, model, x, target, **options):
+        """The function's own output, with :attr:`defaults` filled in."""
+        return self.function()(model, x, target, **{**self.defaults, **options})
+
+    def __call__(self, model, x, target, **options) -> torch.Tensor:
+        """The (N, H, W) map of ``x``."""
+        out = self.raw(model, x, target, **options)
+        if out.dim() == 4 and self.reduce == "sum":
+            out = out.sum(1)
+        if out.dim() != 3:
+            raise ValueError(f"method {self.name!r} returned shape {tuple(out.shape)}; expected (N, H, W)")
+        return out.detach()
+
+    def evidence(self, m: torch.Tensor) -> torch.Tensor:
+        """The map as non-negative evidence for the class (ranking, localisation)."""
+        if self.evidence_rule == "abs":
+            return m.abs()
+        if self.evidence_rule == "positive":
+            return m.clamp(min=0)
+        return m
+
+    def ranking(self, m: torch.Tensor) -> torch.Tensor:
+        """What deletion and insertion sort by, most important first: the signed value for
+        signed relevance (most supporting first, most opposing last), else the evidence."""
+        return m if self.evidence_rule == "positive" else self.evidence(m)
+
+
+def _m(name, target, signed, rule, label, **kw):
+    return name, Method(name, target, signed, rule, label=label, **kw)
+
+
+#: The methods of the chapter, by name. SmoothGrad's default keeps evaluations quick
+#: (n_samples=10 instead of the chapter's 25; pass ``n_samples=25`` to match it).
+METHODS: dict[str, Method] = dict([
+    _m("gradient", "saliency:gradient", True, "abs", "Gradient"),
+    _m("saliency", "saliency:saliency_map", False, "value", "Saliency", reduce=None),
+    _m("smoothgrad", "saliency:smoothgrad", False, "value", "SmoothGrad", reduce=None,
+       defaults={"n_samples": 10, "sigma": 0.15, "seed": 0}),
+    _m("gradient_x_input", "saliency:gradient_x_input", True, "positive", "Gradient × input"),
+    _m("deconvnet", "deconvnet:deconvnet", True, "abs", "Deconvnet", architecture="cnn"),
+    _m("guided_backprop", "deconvnet:guided_backprop", True, "abs", "Guided backprop", architecture="cnn"),
+    _m("lrp", "lrp:lrp", True, "positive", "LRP (composite)", architecture="cnn"),
+    _m("rollout", "attention:rollout_map", False, "value", "Attention rollout", reduce=None,
+       architecture="vit"),
+])
+
+
+def get_method(method) -> Method:
+    """A :class:`Method` from a registry name (or a Method, returned as it is)."""
+    if isinstance(method, Method):
+        return method
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; registered methods: {', '.join(METHODS)}")
+    return METHODS[method]
+
+
+def available_methods(model: nn.Module | None = None) -> list[str]:
+    """Registered methods whose module is installed (and that apply to ``model``)."""
+    return [n for n, m in METHODS.items() if m.is_available() and (model is None or m.applies_to(model))]
+
+
+def method_maps(model, x, target, methods=None, options=None) -> dict[str, torch.Tensor]:
+    """{name: (N, H, W) map} for ``methods`` (default: :func:`available_methods` of the
+    model); ``options`` maps a name to extra options for that method."""
+    names = available_methods(model) if methods is None else list(methods)
+    options = options or {}
+    return {n: get_method(n)(model, x, target, **options.get(n, {})) for n in names}
+
+
+# --------------------------------------------------------------------------- Table 1 columns
+def conservation_error(model, method, x, target, **options) -> torch.Tensor:
+    """``|sum_i R_i - S_c(x)| / |S_c(x)|`` per image, (N,): how far the sum of the method's
+    raw output (over channels and pixels) is from the class score, equation 4. Zero for a
+    method that conserves; for a gradient the sum has other units and the number only
+    says that nothing is conserved."""
+    method = get_method(method)
+    raw = method.raw(model, x, target, **options)
+    total = raw.flatten(1).sum(1)
+    target = check_target(target, x.shape[0], device=x.device)
+    with model_guard(model), torch.no_grad():
+        s = model(x).gather(1, target[:, None])[:, 0]
+    return ((total - s).abs() / s.abs()).detach()
+
+
+def relative_cost(model, method, x, target, repeat: int = 3, **options) -> float:
+    """Wall time of ``method`` on ``x`` over that of one gradient (a forward and a
+    backward pass to the input), best of ``repeat`` each. A ratio, so that it carries
+    over between machines better than seconds do (still only roughly)."""
+    def best(fn):
+        fn()  # warm-up: first calls pay for allocations and lazy initialisation
+        times = []
+        for _ in range(repeat):
+            if x.device.type == "cuda":
+                torch.cuda.synchronize(x.device)
+            t = time.perf_counter()
+            fn()
+            if x.device.type == "cuda":
+                torch.cuda.synchronize(x.device)
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    m = get_method(method)
+    base = best(lambda: METHODS["gradient"](model, x, target))
+    return best(lambda: m(model, x, target, **options)) / base

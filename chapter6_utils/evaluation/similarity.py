@@ -1,0 +1,99 @@
+"""How alike two maps are: rank correlation and SSIM, and the agreement matrix between
+methods."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["spearman", "ssim", "agreement", "Agreement"]
+
+
+# --------------------------------------------------------------------------- similarity
+def _ranks(v: torch.Tensor) -> torch.Tensor:
+    # Average ranks for ties: a map with many equal values (zeros of a ReLU network)
+    # must not get an arbitrary order that manufactures correlation.
+    sorted_v, order = v.sort()
+    _, inverse, counts = torch.unique_consecutive(sorted_v, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).to(v.dtype)
+    average = ends - (counts.to(v.dtype) - 1) / 2  # 1-based
+    ranks = torch.empty_like(v)
+    ranks[order] = average[inverse]
+    return ranks
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor, absolute: bool = True) -> torch.Tensor:
+    """Spearman rank correlation between maps a[i] and b[i] over pixels, (N,).
+
+    ``a``, ``b``: (N, H, W). ``absolute`` ranks |a| and |b|, as Adebayo et al. (2018) do
+    (equation 15). Ties get average ranks; a constant map gives NaN (no ranking to compare).
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"maps have shapes {tuple(a.shape)} and {tuple(b.shape)}; expected the same (N, H, W)")
+    a, b = a.flatten(1).double(), b.flatten(1).double()
+    if absolute:
+        a, b = a.abs(), b.abs()
+    out = []
+    for u, v in zip(a, b):
+        ru, rv = _ranks(u), _ranks(v)
+        ru, rv = ru - ru.mean(), rv - rv.mean()
+        den = (ru.square().sum() * rv.square().sum()).sqrt()
+        out.append(ru @ rv / den if den > 0 else torch.tensor(float("nan"), dtype=den.dtype, device=den.device))
+    return torch.stack(out).float()
+
+
+def _unit_scale(m: torch.Tensor, percentile: float = 99.0) -> torch.Tensor:
+    flat = m.abs().flatten(1)
+    top = torch.quantile(flat, percentile / 100, dim=1).clamp_min(torch.finfo(m.dtype).tiny)
+    return (flat / top[:, None]).clamp(max=1).view_as(m)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> torch.Tensor:
+    """Structural similarity (Wang et al., 2004) of |a[i]| and |b[i]|, (N,).
+
+    Each map is divided by its 99th percentile of |value| and clipped to [0, 1], as
+    Adebayo et al. (2018) normalise before comparing; then SSIM with a ``window`` x
+    ``window`` uniform window, K1 = 0.01, K2 = 0.03, data range 1 and sample covariances
+    (scikit-image's defaults), averaged over the valid windows.
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"maps have shapes {tuple(a.shape)} and {tuple(b.shape)}; expected the same (N, H, W)")
+    a, b = _unit_scale(a.double())[:, None], _unit_scale(b.double())[:, None]
+    w = window * window
+
+    def mean(t):
+        return F.avg_pool2d(t, window, stride=1)
+
+    mu_a, mu_b = mean(a), mean(b)
+    cov = w / (w - 1)
+    var_a = cov * (mean(a * a) - mu_a ** 2)
+    var_b = cov * (mean(b * b) - mu_b ** 2)
+    cov_ab = cov * (mean(a * b) - mu_a * mu_b)
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov_ab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return s.flatten(1).mean(1).float()
+
+
+@dataclass
+class Agreement:
+    """Mean Spearman rank correlation of |map| between methods: ``matrix[a, b]`` over
+    images (``per_image`` (M, M, N))."""
+
+    names: list
+    matrix: torch.Tensor
+    per_image: torch.Tensor
+
+
+def agreement(maps: dict) -> Agreement:
+    """Rank correlation between the (N, H, W) maps of several methods on the same images:
+    where methods rank pixels alike, they agree on what matters ("convergence is
+    evidence", in the chapter's words). Absolute values, as in the sanity check."""
+    names = list(maps)
+    m = len(names)
+    n = maps[names[0]].shape[0]
+    per = torch.ones(m, m, n, device=maps[names[0]].device)
+    for i in range(m):
+        for j in range(i + 1, m):
+            per[i, j] = per[j, i] = spearman(maps[names[i]], maps[names[j]])
+    return Agreement(names, per.nanmean(2), per)
