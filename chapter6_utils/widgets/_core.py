@@ -4,6 +4,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import torch
 
+from .. import viz
 
 
 # --------------------------------------------------------------------------- generic explorer
@@ -97,3 +98,13 @@ def _class_name(model, target: int) -> str:
 
 def _pick(values, preferred):
     return preferred if preferred in values else values[len(values) // 2]
+
+
+def _input_panel(ax, x, lesion=None, ruler=None) -> None:
+    """The first panel of a figure: the input image with the lesion (cyan) and ruler
+    (yellow) contours when given."""
+    ax.imshow(viz._display_image(x), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title("input", fontsize=9)
+    viz.draw_masks(ax, lesion, ruler, outline=True)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .. import viz
-from ._core import _one_image, explorer
+from ._core import _input_panel, _one_image, explorer
 
 
 # --------------------------------------------------------------------------- ViT attention
@@ -77,11 +77,7 @@ def attention_figure(x, result, masks=None, title: str | None = None, size: floa
     lesion, ruler = masks if masks is not None else (None, None)
     fig, axes = plt.subplots(1, 3, figsize=(3 * size * 1.15, size + 1.0), layout="constrained")
     ax = axes[0]
-    ax.imshow(viz._display_image(x), interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title("input", fontsize=9)
-    viz.draw_masks(ax, lesion, ruler, outline=True)
+    _input_panel(ax, x, lesion, ruler)
     short = viz.scaling_note(False, short=True)
     viz.heatmap(axes[1], cls_map, signed=False, title=f"CLS attention, layer {stats['layer']}, "
                 f"{_head_label(stats['head'])}", label=short)
@@ -144,11 +140,7 @@ def attention_grid(model, x, layers=None, settings=(("mean", 0.0), ("max", 0.9),
     fig = plt.figure(figsize=((cols + 1) * size * 1.2, 2 * size + 1.0), layout="constrained")
     gs = fig.add_gridspec(2, cols + 1)
     ax = fig.add_subplot(gs[:, 0])
-    ax.imshow(viz._display_image(x), interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title("input", fontsize=9)
-    viz.draw_masks(ax, lesion, ruler, outline=True)
+    _input_panel(ax, x, lesion, ruler)
     short = viz.scaling_note(False, short=True)
     for j, layer in enumerate(layers):
         c, _, _ = attention_view(attn, x.shape[-2:], layer, "mean", "mean", 0.0, num_prefix_tokens=prefix)

@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from .. import viz
-from ._core import _one_image, _class_name, explorer
+from ._core import _class_name, _input_panel, _one_image, explorer
 
 
 # --------------------------------------------------------------------------- LRP rule schedule
@@ -115,11 +115,7 @@ def lrp_grid(model, x, target: int, gamma_values=(0.0, 0.25, 1.0), epsilon_value
     fig = plt.figure(figsize=((cols + 1) * size * 1.25, rows * size + 1.0), layout="constrained")
     gs = fig.add_gridspec(rows, cols + 1)
     ax = fig.add_subplot(gs[:, 0])
-    ax.imshow(viz._display_image(x), interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title("input", fontsize=9)
-    viz.draw_masks(ax, lesion, ruler, outline=True)
+    _input_panel(ax, x, lesion, ruler)
     for i, g in enumerate(gamma_values):
         for j, e in enumerate(epsilon_values):
             m, stats = lrp_view(model, x, target, first, g, e, masks=masks)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .. import viz
-from ._core import _one_image, _class_name, _pick, explorer
+from ._core import _class_name, _input_panel, _one_image, _pick, explorer
 
 
 # --------------------------------------------------------------------------- SmoothGrad
@@ -74,11 +74,7 @@ def smoothgrad_figure(x, m, stats: dict | None = None, masks=None, title: str | 
     signed = viz.is_signed(m)
     fig, axes = plt.subplots(1, 3, figsize=(3 * size * 1.15, size + 0.9), layout="constrained")
     ax = axes[0]
-    ax.imshow(viz._display_image(x), interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title("input", fontsize=9)
-    viz.draw_masks(ax, lesion, ruler, outline=True)
+    _input_panel(ax, x, lesion, ruler)
     viz.heatmap(axes[1], m, signed=signed, title="map", percentile=percentile,
                 label=viz.scaling_note(signed, percentile, short=True))
     viz.draw_masks(axes[1], lesion, ruler, outline=True)
@@ -146,11 +142,7 @@ def smoothgrad_grid(model, x, target: int, n_values=(1, 5, 25), sigma_values=(0.
     fig = plt.figure(figsize=((cols + 1) * size * 1.2, rows * size + 0.9), layout="constrained")
     gs = fig.add_gridspec(rows, cols + 1)
     ax = fig.add_subplot(gs[:, 0])
-    ax.imshow(viz._display_image(x), interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title("input", fontsize=9)
-    viz.draw_masks(ax, lesion, ruler, outline=True)
+    _input_panel(ax, x, lesion, ruler)
     for i, n in enumerate(n_values):
         for j, s in enumerate(sigma_values):
             ax = fig.add_subplot(gs[i, j + 1])
