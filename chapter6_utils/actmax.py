@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._guard import model_guard
-from .data import denormalize, normalize, pixel_bounds
+from .data import denormalize, gaussian_blur, normalize, pixel_bounds  # gaussian_blur: re-exported, used by the blur regulariser
 
 __all__ = ["Objective", "class_logit", "channel", "unit", "maximize", "dgn_am", "ActMaxResult",
            "gaussian_blur", "total_variation", "high_frequency_energy", "ruler_tick_energy",
@@ -191,28 +191,6 @@ class _Recorder:
 
 
 # --------------------------------------------------------------------------- regularisers and measures
-def _gaussian_kernel(sigma: float, device, dtype) -> torch.Tensor:
-    radius = max(1, int(math.ceil(3 * sigma)))
-    t = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    return k / k.sum()
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of an (N, C, H, W) batch (reflected borders, so that the
-    image edge is not darkened)."""
-    if sigma <= 0:
-        return x
-    k = _gaussian_kernel(float(sigma), x.device, x.dtype)
-    r, C = len(k) // 2, x.shape[1]
-    r = min(r, x.shape[-1] - 1, x.shape[-2] - 1)
-    k = k[len(k) // 2 - r: len(k) // 2 + r + 1]
-    k = k / k.sum()
-    x = F.pad(x, (r, r, r, r), mode="reflect")
-    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
-    return F.conv2d(x, k.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
-
-
 def total_variation(x: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference between neighbouring pixels, per image (N,): the TV of
     equation 10 divided by the number of differences, so that it does not grow with size."""

@@ -11,12 +11,14 @@ are ``(H, W, 3)`` floats in ``[0, 1]``.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchvision
 import torchvision.transforms.functional as TF
 from PIL import Image
@@ -24,6 +26,7 @@ from PIL import Image
 from . import _net
 
 __all__ = [
+    "gaussian_blur",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "SAMOYED_URL",
@@ -310,3 +313,29 @@ def samoyed() -> Image.Image:
 def samoyed_tensor(size: int = 224) -> torch.Tensor:
     """:func:`samoyed` through :func:`preprocess`: ``(1, 3, size, size)``, normalised."""
     return preprocess(samoyed(), size)
+
+
+# --------------------------------------------------------------------------- blur
+def _gaussian_kernel(sigma: float, device, dtype) -> torch.Tensor:
+    radius = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return k / k.sum()
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float, padding: str = "reflect") -> torch.Tensor:
+    """Separable Gaussian blur of an (N, C, H, W) batch, kernel radius ceil(3 sigma).
+
+    ``padding="reflect"`` (the default) keeps the image edge from darkening, as the blur
+    regulariser of activation maximisation needs; ``"replicate"`` repeats the edge pixels,
+    as the blurred baseline of the deletion and insertion curves uses."""
+    if sigma <= 0:
+        return x
+    k = _gaussian_kernel(float(sigma), x.device, x.dtype)
+    r, C = len(k) // 2, x.shape[1]
+    r = min(r, x.shape[-1] - 1, x.shape[-2] - 1)
+    k = k[len(k) // 2 - r: len(k) // 2 + r + 1]
+    k = k / k.sum()
+    x = F.pad(x, (r, r, r, r), mode=padding)
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
+    return F.conv2d(x, k.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .._guard import check_input, check_target, model_guard
-from ..data import normalize
+from ..data import gaussian_blur, normalize
 
 __all__ = ["Curve", "deletion_curve", "insertion_curve", "random_map", "relevance_mass",
            "relevance_rank_accuracy", "pointing_game"]
@@ -38,14 +38,7 @@ def _baseline(x: torch.Tensor, kind: str, blur_sigma: float | None) -> torch.Ten
     if kind == "mean":  # each image's own mean colour
         return x.mean(dim=(2, 3), keepdim=True).expand_as(x)
     if kind == "blur":
-        sigma = blur_sigma if blur_sigma is not None else x.shape[-1] / 16
-        radius = max(1, int(3 * sigma))
-        t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-        k = torch.exp(-t ** 2 / (2 * sigma ** 2))
-        k = (k / k.sum()).repeat(x.shape[1], 1)
-        pad = F.pad(x, (radius, radius, radius, radius), mode="replicate")
-        out = F.conv2d(pad, k[:, None, None, :], groups=x.shape[1])
-        return F.conv2d(out, k[:, None, :, None], groups=x.shape[1])
+        return gaussian_blur(x, blur_sigma if blur_sigma is not None else x.shape[-1] / 16, padding="replicate")
     raise ValueError(f"baseline must be 'blur', 'mean' or 'zero', got {kind!r}")
 
 
