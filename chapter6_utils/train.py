@@ -195,10 +195,7 @@ def train_model(name: str, *, recipe: Recipe | None = None, out_dir: str | Path 
         meta["train_accuracy"] = float((predict(model, fixed[0].images) == fixed[1]).float().mean())
         log(f"  {name} accuracy on its {len(fixed[1])} training images: {meta['train_accuracy']:.3f}")
     if out_dir is not None:
-        path = _models.weights_path(name, Path(out_dir))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"state_dict": model.state_dict(), "meta": meta}, path)
-        log(f"  saved {path} ({path.stat().st_size / 1e6:.2f} MB)")
+        _save(name, model, meta, out_dir, log)
     return model, meta
 
 
@@ -277,11 +274,16 @@ def train_generator(name: str = "lesion_generator", *, recipe: GeneratorRecipe |
             "latent_dim": rc.latent_dim, "train_seconds": round(time.perf_counter() - t0, 1),
             "torch": str(torch.__version__)}
     if out_dir is not None:
-        path = _models.weights_path(name, Path(out_dir))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"state_dict": decoder.state_dict(), "meta": meta}, path)
-        log(f"  saved {path} ({path.stat().st_size / 1e6:.2f} MB)")
+        _save(name, decoder, meta, out_dir, log)
     return decoder, meta
+
+
+def _save(name: str, model: nn.Module, meta: dict, out_dir, log) -> None:
+    """Write ``{"state_dict", "meta"}`` where :func:`chapter6_utils.models.load` looks for ``name``."""
+    path = _models.weights_path(name, Path(out_dir))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": model.state_dict(), "meta": meta}, path)
+    log(f"  saved {path} ({path.stat().st_size / 1e6:.2f} MB)")
 
 
 def main(argv=None) -> int:
