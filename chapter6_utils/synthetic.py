@@ -274,39 +274,53 @@ def _render(rng, m, has_ruler):
     img = img * (1 - alpha.unsqueeze(1)) + colour * alpha.unsqueeze(1)
 
     # --- hair: up to four dark, slightly wavy strands
+    # Every image draws the same random numbers, but a strand is drawn only on the images
+    # that have it (63% have a first strand, 2% a fourth): blending with a = 0 would leave
+    # those pixels bit for bit as they were, at the cost of a full-size pass.
     n_hair = np.minimum(rng.poisson(1.0, n), 4)
     for h in range(4):
-        on = v((n_hair > h).astype(np.float32))
-        ang = v(rng.uniform(0, np.pi, n))
-        px, py = v(rng.uniform(0, S, n)), v(rng.uniform(0, S, n))
+        draws = [rng.uniform(lo, hi, n) for lo, hi in
+                 ((0, np.pi), (0, S), (0, S), (0, 4), (0.03, 0.12), (0, 6.3), (0.4, 0.8), (0.5, 0.9))]
+        rows = np.flatnonzero(n_hair > h)
+        if rows.size == 0:
+            continue
+        ang, px, py, amp, freq, phase, width, opacity = (
+            t(d[rows]).view(-1, 1, 1) for d in draws)
         along = (xx - px) * torch.cos(ang) + (yy - py) * torch.sin(ang)
         across = -(xx - px) * torch.sin(ang) + (yy - py) * torch.cos(ang)
-        wave = v(rng.uniform(0, 4, n)) * torch.sin(along * v(rng.uniform(0.03, 0.12, n)) + v(rng.uniform(0, 6.3, n)))
-        width = v(rng.uniform(0.4, 0.8, n))
-        a = (1 - (across - wave).abs() / (width + 0.5)).clamp(0, 1) * on * v(rng.uniform(0.5, 0.9, n))
-        img = img * (1 - a.unsqueeze(1)) + 0.08 * a.unsqueeze(1)
+        wave = amp * torch.sin(along * freq + phase)
+        a = ((1 - (across - wave).abs() / (width + 0.5)).clamp(0, 1) * opacity).unsqueeze(1)
+        idx = torch.from_numpy(rows)
+        img[idx] = img[idx] * (1 - a) + 0.08 * a
 
     # --- ruler: a light strip with tick marks along a random edge
+    # As with hair: every image draws the ruler's numbers, only images with a ruler draw it.
     side = rng.integers(0, 4, n)  # 0 top, 1 bottom, 2 left, 3 right
-    s_ = v(side)
-    dist = torch.where(s_ == 0, yy, torch.where(s_ == 1, S - 1 - yy, torch.where(s_ == 2, xx, S - 1 - xx)))
-    pos = torch.where(s_ < 2, xx, yy)
     offset, width = rng.integers(0, 4, n), rng.integers(5, 10, n)
     start = rng.integers(0, 16, n)
     length = rng.integers(40, 65, n)
-    inside = (dist >= v(offset)) & (dist < v(offset + width)) & (pos >= v(start)) & (pos < v(start + length))
-    ruler_mask = inside & v(has_ruler.astype(np.float32)).bool()
     bright = rng.uniform(0.6, 1.0, n)
-    strip = t(np.stack([bright, bright * 0.97, bright * 0.86], 1)).view(n, 3, 1, 1)
-    period = v(rng.integers(3, 5, n))
-    rel = pos - v(start) - v(rng.integers(0, 3, n))
-    k = torch.floor(rel / period)
-    on_tick = (rel - k * period) < 1
-    tick_len = torch.where(torch.remainder(k, 5) == 0, 0.85, 0.5) * v(width)
-    tick = on_tick & ((dist - v(offset)) < tick_len)
-    ruler_rgb = strip * (1 - col(rng.uniform(0.55, 0.85, n)) * tick.unsqueeze(1).float())
-    rm = ruler_mask.unsqueeze(1).float()
-    img = img * (1 - rm) + ruler_rgb * rm
+    period = rng.integers(3, 5, n)
+    shift = rng.integers(0, 3, n)
+    tick_depth = rng.uniform(0.55, 0.85, n)
+    ruler_mask = torch.zeros(n, S, S, dtype=torch.bool)
+    rows = np.flatnonzero(has_ruler)
+    if rows.size:
+        r_ = lambda a: t(a[rows]).view(-1, 1, 1)  # noqa: E731
+        s_, off, wid = r_(side), r_(offset), r_(width)
+        dist = torch.where(s_ == 0, yy, torch.where(s_ == 1, S - 1 - yy, torch.where(s_ == 2, xx, S - 1 - xx)))
+        pos = torch.where(s_ < 2, xx, yy)
+        mask = (dist >= off) & (dist < off + wid) & (pos >= r_(start)) & (pos < r_(start + length))
+        strip = t(np.stack([bright, bright * 0.97, bright * 0.86], 1)[rows]).view(-1, 3, 1, 1)
+        rel = pos - r_(start) - r_(shift)
+        k = torch.floor(rel / r_(period))
+        on_tick = (rel - k * r_(period)) < 1
+        tick_len = torch.where(torch.remainder(k, 5) == 0, 0.85, 0.5) * wid
+        tick = on_tick & ((dist - off) < tick_len)
+        ruler_rgb = strip * (1 - r_(tick_depth).unsqueeze(1) * tick.unsqueeze(1).float())
+        idx = torch.from_numpy(rows)
+        img[idx] = torch.where(mask.unsqueeze(1), ruler_rgb, img[idx])
+        ruler_mask[idx] = mask
 
     # --- vignetting and sensor noise
     rr = ((xx - S / 2) ** 2 + (yy - S / 2) ** 2) / (S / 2) ** 2
