@@ -1,0 +1,230 @@
+"""The two searches: :func:`maximize` in pixel space (equation 10) and :func:`dgn_am` in
+the latent space of an image generator (equation 11)."""
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from .._guard import model_guard
+from ..data import denormalize, gaussian_blur, normalize, pixel_bounds
+from .measures import total_variation
+from .objectives import Objective, _Recorder, _resolve_layers
+
+__all__ = ["ActMaxResult", "maximize", "dgn_am"]
+
+
+@dataclass
+class ActMaxResult:
+    """What :func:`maximize` and :func:`dgn_am` return.
+
+    Attributes:
+        image: (N, 3, H, W) in [0, 1], the final images (not normalised).
+        trace: the objective (without penalties), mean over the N images, at step 0..steps
+            (``steps + 1`` floats).
+        frames: images (N, 3, H, W) in [0, 1] recorded every ``record_every`` steps and at the end.
+        frame_steps: the step of each frame.
+        objective: the objective's description.
+        latent: the final latent codes (N, z) of :func:`dgn_am`, else None.
+    """
+
+    image: torch.Tensor
+    trace: list
+    frames: list = field(default_factory=list)
+    frame_steps: list = field(default_factory=list)
+    objective: str = ""
+    latent: Optional[torch.Tensor] = None
+
+
+def _check_search_args(model, steps, lr, record_every, n):
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if record_every is not None and (not isinstance(record_every, numbers.Integral) or record_every < 1):
+        raise ValueError(f"record_every must be a positive int or None, got {record_every!r}")
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+
+
+def _device_of(model):
+    p = next(model.parameters(), None)
+    return (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
+
+
+def maximize(model: nn.Module, objective: Objective, steps: int = 256, lr: float = 0.05, l2: float = 0.0,
+             blur_every: int = 0, blur_sigma: float = 0.5, tv: float = 0.0, jitter: int = 0, seed: int = 0,
+             image_size: Optional[int] = None, record_every: Optional[int] = None, n: int = 1,
+             init: Optional[torch.Tensor] = None) -> ActMaxResult:
+    """Activation maximisation in pixel space (equation 10).
+
+    Starting from noise, ascend ``a(x) - l2 * mean(x^2) - tv * TV(x)`` with Adam (gradient
+    ascent with a per-pixel step size; plain ascent with one ``eta`` stalls where the
+    gradient is tiny and overshoots where it is large). ``x`` is the *normalised* image the
+    network sees, so ``l2`` pulls towards the dataset's mean colour, not towards black;
+    after every step ``x`` is clipped to the normalised values of [0, 1], so the result is
+    always a valid image.
+
+    Args:
+        model: a classifier taking ImageNet-normalised (N, 3, H, W) input.
+        objective: an :class:`Objective`; its layers are checked before the search starts.
+        steps: number of ascent steps (0 returns the starting noise).
+        lr: Adam's step size, in normalised units.
+        l2: weight of the L2 penalty (per value, i.e. ``lambda * ||x||^2 / D`` with D = 3HW).
+        blur_every, blur_sigma: every ``blur_every`` steps (0: never) blur x with a Gaussian
+            of ``blur_sigma`` pixels: removes the high frequencies the ascent amplifies.
+        tv: weight of the total-variation penalty (:func:`total_variation`, a mean).
+        jitter: shift the image by up to ``jitter`` pixels (random, circular) before each
+            forward pass, so that no pattern can exploit one exact alignment.
+        seed: seeds the starting noise and the jitter: the same seed gives the same image.
+        image_size: side of the image (default ``model.ch6.input_size``, else 224).
+        record_every: keep a frame every this many steps (None: only the start and the end).
+        n: number of images searched at once (each from its own noise).
+        init: optional starting images in [0, 1], (n, 3, H, W), instead of noise.
+
+    Returns:
+        :class:`ActMaxResult` with ``image`` (n, 3, H, W) in [0, 1] on the model's device.
+
+    Raises:
+        ValueError / TypeError for an unknown layer, an out-of-range class, channel or
+        position, or bad search settings; before any step is taken.
+    """
+    _check_search_args(model, steps, lr, record_every, n)
+    for v, name in ((l2, "l2"), (tv, "tv"), (blur_sigma, "blur_sigma")):
+        if not v >= 0:
+            raise ValueError(f"{name} must be >= 0, got {v!r}")
+    if not isinstance(blur_every, numbers.Integral) or blur_every < 0:
+        raise ValueError(f"blur_every must be an int >= 0 (0: no blur), got {blur_every!r}")
+    if not isinstance(jitter, numbers.Integral) or jitter < 0:
+        raise ValueError(f"jitter must be an int >= 0, got {jitter!r}")
+    modules = _resolve_layers(model, objective)
+    size = int(image_size or getattr(getattr(model, "ch6", None), "input_size", 224))
+    dev, dtype = _device_of(model)
+    gen = torch.Generator().manual_seed(int(seed))  # CPU generator: same numbers on every device
+    if init is not None:
+        if init.shape != (n, 3, size, size):
+            raise ValueError(f"init has shape {tuple(init.shape)}; expected ({n}, 3, {size}, {size})")
+        start = init.detach().to(dev, dtype).clamp(0, 1)
+    else:
+        start = (0.5 + 0.1 * torch.randn(n, 3, size, size, generator=gen)).clamp(0, 1).to(dev, dtype)
+    low, high = pixel_bounds(dev, dtype)
+    shifts = torch.randint(-jitter, jitter + 1, (max(steps, 1), 2), generator=gen).tolist() if jitter else None
+
+    with torch.inference_mode(False), torch.enable_grad(), model_guard(model):
+        rec = _Recorder(modules)
+        try:
+            x = normalize(start).requires_grad_(True)
+            opt = torch.optim.Adam([x], lr=lr)
+            trace, frames, frame_steps = [], [], []
+
+            def keep(step):
+                frames.append(_to_pixels(x))
+                frame_steps.append(step)
+
+            keep(0)
+            for step in range(steps + 1):
+                xin = torch.roll(x, shifts[step % len(shifts)], dims=(2, 3)) if shifts else x
+                value = objective(rec.run(model, xin))
+                if value.dim() != 1 or value.shape[0] != n:
+                    raise ValueError(f"the objective returned shape {tuple(value.shape)}; expected ({n},)")
+                trace.append(value.detach().mean())
+                if step == steps:
+                    break  # the last pass only scores the final image
+                loss = -value.sum()
+                if l2:
+                    loss = loss + l2 * (x ** 2).flatten(1).mean(1).sum()
+                if tv:
+                    loss = loss + tv * total_variation(x).sum()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    if blur_every and (step + 1) % blur_every == 0:
+                        x.copy_(gaussian_blur(x, blur_sigma))
+                    x.copy_(torch.maximum(torch.minimum(x, high), low))
+                if record_every and (step + 1) % record_every == 0 and step + 1 < steps:
+                    keep(step + 1)
+            if steps:
+                keep(steps)
+        finally:
+            rec.close()
+    return ActMaxResult(image=frames[-1], trace=torch.stack(trace).tolist(), frames=frames,
+                        frame_steps=frame_steps, objective=objective.description)
+
+
+def _to_pixels(x_norm):
+    # the clip only removes float rounding: x is kept inside the bounds during the search
+    return denormalize(x_norm.detach()).clamp(0, 1)
+
+
+def dgn_am(model: nn.Module, generator: nn.Module, objective: Objective, steps: int = 256, lr: float = 0.05,
+           l2_latent: float = 0.01, seed: int = 0, n: int = 1, record_every: Optional[int] = None,
+           z_init: Optional[torch.Tensor] = None) -> ActMaxResult:
+    """DGN-AM: activation maximisation in a generator's latent space (equation 11).
+
+    Ascend ``a(G(z)) - l2_latent * ||z||^2`` over the latent code ``z`` with Adam, starting
+    from ``z ~ N(0, I)`` (seeded). Every candidate is an image the generator can draw, so
+    the search cannot wander into the high-frequency patterns that fool a network but
+    look like nothing; the L2 term keeps ``z`` where the generator was trained (under the
+    standard normal prior, ``||z||^2`` is about the latent dimension). Nguyen et al., 2016.
+
+    Args:
+        model: classifier taking ImageNet-normalised images.
+        generator: maps (N, z) codes to (N, 3, H, W) images in [0, 1], e.g.
+            ``models.load("lesion_generator")``; its ``latent_dim`` attribute gives z.
+        objective, steps, lr, seed, n, record_every: as in :func:`maximize`.
+        l2_latent: the lambda of equation 11 (on the sum of squares of z).
+        z_init: optional starting codes (n, z).
+
+    Returns:
+        :class:`ActMaxResult` with ``image`` = G(z*) in [0, 1] and ``latent`` = z* (n, z).
+    """
+    _check_search_args(model, steps, lr, record_every, n)
+    if not isinstance(generator, nn.Module):
+        raise TypeError(f"generator must be a torch.nn.Module, got {type(generator).__name__}")
+    if not l2_latent >= 0:
+        raise ValueError(f"l2_latent must be >= 0, got {l2_latent!r}")
+    zdim = getattr(generator, "latent_dim", None)
+    if zdim is None:
+        raise ValueError("the generator has no latent_dim attribute: set generator.latent_dim to the size of its code")
+    modules = _resolve_layers(model, objective)
+    dev, dtype = _device_of(model)
+    if z_init is not None:
+        if z_init.shape != (n, zdim):
+            raise ValueError(f"z_init has shape {tuple(z_init.shape)}; expected ({n}, {zdim})")
+        z0 = z_init.detach().to(dev, dtype)
+    else:
+        z0 = torch.randn(n, zdim, generator=torch.Generator().manual_seed(int(seed))).to(dev, dtype)
+
+    with torch.inference_mode(False), torch.enable_grad(), model_guard(model), model_guard(generator):
+        rec = _Recorder(modules)
+        try:
+            z = z0.clone().requires_grad_(True)
+            opt = torch.optim.Adam([z], lr=lr)
+            trace, frames, frame_steps = [], [], []
+            for step in range(steps + 1):
+                img = generator(z)
+                if img.dim() != 4 or img.shape[:2] != (n, 3):
+                    raise ValueError(f"the generator returned {tuple(img.shape)}; expected ({n}, 3, H, W) images")
+                if step == 0 or step == steps or (record_every and step % record_every == 0):
+                    frames.append(img.detach().clamp(0, 1))
+                    frame_steps.append(step)
+                value = objective(rec.run(model, normalize(img)))
+                if value.dim() != 1 or value.shape[0] != n:
+                    raise ValueError(f"the objective returned shape {tuple(value.shape)}; expected ({n},)")
+                trace.append(value.detach().mean())
+                if step == steps:
+                    break
+                loss = -value.sum() + l2_latent * (z ** 2).sum()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        finally:
+            rec.close()
+    return ActMaxResult(image=frames[-1], trace=torch.stack(trace).tolist(), frames=frames,
+                        frame_steps=frame_steps, objective=objective.description, latent=z.detach())
