@@ -108,3 +108,14 @@ def _input_panel(ax, x, lesion=None, ruler=None) -> None:
     ax.set_yticks([])
     ax.set_title("input", fontsize=9)
     viz.draw_masks(ax, lesion, ruler, outline=True)
+
+
+def _grid_figure(x, lesion, ruler, rows: int, cols: int, size: float, width: float = 1.2,
+                 extra_height: float = 1.0):
+    """A static grid's figure: the input (:func:`_input_panel`) in a first column spanning
+    all ``rows``, then ``rows`` x ``cols`` cells for the maps. Returns (figure, gridspec);
+    map (i, j) goes in ``gs[i, j + 1]``."""
+    fig = plt.figure(figsize=((cols + 1) * size * width, rows * size + extra_height), layout="constrained")
+    gs = fig.add_gridspec(rows, cols + 1)
+    _input_panel(fig.add_subplot(gs[:, 0]), x, lesion, ruler)
+    return fig, gs

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .. import viz
-from ._core import _input_panel, _one_image, explorer
+from ._core import _grid_figure, _input_panel, _one_image, explorer
 
 
 # --------------------------------------------------------------------------- ViT attention
@@ -137,10 +137,7 @@ def attention_grid(model, x, layers=None, settings=(("mean", 0.0), ("max", 0.9),
     layers = list(range(attn.shape[1])) if layers is None else [int(v) for v in layers]
     lesion, ruler = masks if masks is not None else (None, None)
     cols = max(len(layers), len(settings))
-    fig = plt.figure(figsize=((cols + 1) * size * 1.2, 2 * size + 1.0), layout="constrained")
-    gs = fig.add_gridspec(2, cols + 1)
-    ax = fig.add_subplot(gs[:, 0])
-    _input_panel(ax, x, lesion, ruler)
+    fig, gs = _grid_figure(x, lesion, ruler, 2, cols, size)
     short = viz.scaling_note(False, short=True)
     for j, layer in enumerate(layers):
         c, _, _ = attention_view(attn, x.shape[-2:], layer, "mean", "mean", 0.0, num_prefix_tokens=prefix)

@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from .. import viz
-from ._core import _class_name, _input_panel, _one_image, explorer
+from ._core import _class_name, _grid_figure, _one_image, explorer
 
 
 # --------------------------------------------------------------------------- LRP rule schedule
@@ -112,10 +112,7 @@ def lrp_grid(model, x, target: int, gamma_values=(0.0, 0.25, 1.0), epsilon_value
     x = _one_image(x)
     lesion, ruler = masks if masks is not None else (None, None)
     rows, cols = len(gamma_values), len(epsilon_values)
-    fig = plt.figure(figsize=((cols + 1) * size * 1.25, rows * size + 1.0), layout="constrained")
-    gs = fig.add_gridspec(rows, cols + 1)
-    ax = fig.add_subplot(gs[:, 0])
-    _input_panel(ax, x, lesion, ruler)
+    fig, gs = _grid_figure(x, lesion, ruler, rows, cols, size, width=1.25)
     for i, g in enumerate(gamma_values):
         for j, e in enumerate(epsilon_values):
             m, stats = lrp_view(model, x, target, first, g, e, masks=masks)

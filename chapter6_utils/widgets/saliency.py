@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .. import viz
-from ._core import _class_name, _input_panel, _one_image, _pick, explorer
+from ._core import _class_name, _grid_figure, _input_panel, _one_image, _pick, explorer
 
 
 # --------------------------------------------------------------------------- SmoothGrad
@@ -139,10 +139,7 @@ def smoothgrad_grid(model, x, target: int, n_values=(1, 5, 25), sigma_values=(0.
              for n in n_values for s in sigma_values}
     signed = any(viz.is_signed(m) for m, _ in views.values())
 
-    fig = plt.figure(figsize=((cols + 1) * size * 1.2, rows * size + 0.9), layout="constrained")
-    gs = fig.add_gridspec(rows, cols + 1)
-    ax = fig.add_subplot(gs[:, 0])
-    _input_panel(ax, x, lesion, ruler)
+    fig, gs = _grid_figure(x, lesion, ruler, rows, cols, size, extra_height=0.9)
     for i, n in enumerate(n_values):
         for j, s in enumerate(sigma_values):
             ax = fig.add_subplot(gs[i, j + 1])
