@@ -228,12 +228,7 @@ def test_default_composite_works_with_pixel_bounds_on_the_lesion_models():
 
 
 # --------------------------------------------------------------------------- the ruler
-def _bundled(name):
-    return models.weights_path(name).exists()
-
-
-@pytest.mark.skipif(not (_bundled("lesion_cnn") and _bundled("lesion_cnn_clean")),
-                    reason="needs the bundled lesion_cnn and lesion_cnn_clean weights")
+@pytest.mark.bundled("lesion_cnn", "lesion_cnn_clean")
 def test_positive_relevance_on_the_ruler_shortcut_vs_clean():
     lesions = synthetic.make_lesions(120, "biased", seed=train.TEST_SEED).select(label=1, ruler=True)
     x, ruler = normalize(lesions.images), lesions.ruler_mask.float()

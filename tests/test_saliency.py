@@ -336,12 +336,7 @@ def test_methods_leave_the_model_as_they_found_it(method):
 
 
 # --------------------------------------------------------------------------- the ruler
-def _bundled(name):
-    return models.weights_path(name).exists()
-
-
-@pytest.mark.skipif(not (_bundled("lesion_cnn") and _bundled("lesion_cnn_clean")),
-                    reason="needs the bundled lesion_cnn and lesion_cnn_clean weights")
+@pytest.mark.bundled("lesion_cnn", "lesion_cnn_clean")
 def test_ruler_share_shortcut_vs_clean():
     data = synthetic.make_lesions(600, "biased", seed=train.TEST_SEED).select(label=1, ruler=True)
     x, ruler = normalize(data.images), data.ruler_mask.float()
