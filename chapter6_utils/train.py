@@ -35,14 +35,11 @@ import torch.nn.functional as F
 
 from . import models as _models
 from .data import normalize
-from .synthetic import SPLITS, make_lesions
+from .synthetic import EVAL_SEED, SPLITS, TEST_SEED, TRAIN_SEED, make_lesions
 
 __all__ = ["RECIPES", "Recipe", "GENERATOR_RECIPES", "GeneratorRecipe", "train_generator", "train_model", "eval_set", "evaluate", "predict", "accuracy_by_split", "confusion", "main",
            "EVAL_SEED", "TEST_SEED", "TRAIN_SEED", "training_set"]
 
-TRAIN_SEED = 1_000_000
-EVAL_SEED = 2_024
-TEST_SEED = 31_337
 N_SHUFFLED, EPOCHS_SHUFFLED = 256, 60
 
 

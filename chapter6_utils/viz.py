@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from . import data  # plumbing (de-normalisation), not a method module
 
-__all__ = ["LESION_COLOUR", "RULER_COLOUR", "SEQUENTIAL_CMAP", "DIVERGING_CMAP", "PERCENTILE",
+__all__ = ["display_image", "LESION_COLOUR", "RULER_COLOUR", "SEQUENTIAL_CMAP", "DIVERGING_CMAP", "PERCENTILE",
            "as_image", "draw_masks", "show_lesions", "plot_confusion",
            "to_map", "is_signed", "robust_max", "scaling_note", "heatmap", "overlay", "method_grid"]
 
@@ -242,7 +242,7 @@ def heatmap(ax, m, signed=None, cmap=None, title=None, colorbar=True, percentile
     return im
 
 
-def _display_image(image, normalized: bool = True) -> np.ndarray:
+def display_image(image, normalized: bool = True) -> np.ndarray:
     """Any image to an (H, W, 3) float array in [0, 1] (tensor: normalised unless told)."""
     if isinstance(image, torch.Tensor):
         t = image.detach().cpu().float()
@@ -278,7 +278,7 @@ def overlay(ax, image, m, alpha=0.5, signed=None, cmap=None, title=None, colorba
     Grad-CAM) is upsampled bilinearly to (H, W) before drawing; colours follow
     :func:`heatmap` (sign detected on the upsampled map, which has the same sign pattern).
     """
-    img = _display_image(image, normalized)
+    img = display_image(image, normalized)
     arr = _resize(_as_2d(m), img.shape[:2])
     ax.imshow(img, interpolation="nearest")
     return heatmap(ax, arr, signed=signed, cmap=cmap, title=title, colorbar=colorbar,
@@ -332,7 +332,7 @@ def method_grid(images, maps: dict, signed: dict | None = None, lesion_masks=Non
     Returns:
         the Figure. Each panel is scaled on its own (``percentile`` of |value|).
     """
-    imgs = [_display_image(im, normalized) for im in _image_list(images)]
+    imgs = [display_image(im, normalized) for im in _image_list(images)]
     n, names = len(imgs), list(maps)
     columns = {name: [to_map(a) for a in _per_image(maps[name], n, f"maps[{name!r}]")] for name in names}
     signed = dict(signed or {})

@@ -32,7 +32,7 @@ def randomization_grid(results: dict, index: int = 0, image=None, labels: dict |
     for i, name in enumerate(names):
         res = results[name]
         if image is not None:
-            axes[i, 0].imshow(viz._display_image(image), interpolation="nearest")
+            axes[i, 0].imshow(viz.display_image(image), interpolation="nearest")
             axes[i, 0].set_xticks([])
             axes[i, 0].set_yticks([])
         axes[i, offset].set_ylabel(labels.get(name, name), fontsize=8)

@@ -103,7 +103,7 @@ def _pick(values, preferred):
 def _input_panel(ax, x, lesion=None, ruler=None) -> None:
     """The first panel of a figure: the input image with the lesion (cyan) and ruler
     (yellow) contours when given."""
-    ax.imshow(viz._display_image(x), interpolation="nearest")
+    ax.imshow(viz.display_image(x), interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title("input", fontsize=9)

@@ -27,7 +27,7 @@ def _patch_rows(fig, gs, row, top, percentile, label):
     im = None
     for j, (patch, m) in enumerate(zip(top.patch, maps)):
         ax = fig.add_subplot(gs[row, j])
-        ax.imshow(viz._display_image(patch), interpolation="nearest")
+        ax.imshow(viz.display_image(patch), interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(f"#{int(top.index[j])}: {float(top.value[j]):.2g}", fontsize=7)

@@ -61,7 +61,7 @@ def lrp_figure(x, m, stats: dict | None = None, masks=None, title: str | None = 
     """Input | signed LRP map | overlay, as a new Figure (pure: nothing is shown)."""
     lesion, ruler = masks if masks is not None else (None, None)
     fig, axes = plt.subplots(1, 3, figsize=(3 * size * 1.15, size + 0.9), layout="constrained")
-    axes[0].imshow(viz._display_image(x), interpolation="nearest")
+    axes[0].imshow(viz.display_image(x), interpolation="nearest")
     axes[0].set_xticks([])
     axes[0].set_yticks([])
     axes[0].set_title("input", fontsize=9)
