@@ -38,7 +38,7 @@ __all__ = ["gradient", "gradient_x_input", "saliency_map", "smoothgrad", "defaul
 #: 8 over 8 images; 64 copies per pass keep VGG-16 near 5 GiB of GPU memory.
 DEFAULT_BATCH_VALUES = {"cpu": 8 * 3 * 224 * 224, "cuda": 64 * 3 * 224 * 224}
 #: What ``smoothgrad`` averages over the noisy copies: each copy's map (the chapter's
-#: equation 2) or the signed gradients (Smilkov et al.'s definition).
+#: equation 2 (book/equations.md)) or the signed gradients (Smilkov et al.'s definition).
 AVERAGES = ("magnitude", "signed")
 _MASK64 = (1 << 64) - 1
 
@@ -110,7 +110,7 @@ def _copy_noise(seed: int, t: int, shape, like: torch.Tensor) -> torch.Tensor:
 
 def _check_options(n_samples, sigma, batch_size, seed, average):
     if average not in AVERAGES:
-        raise ValueError(f"average must be 'magnitude' (the chapter's equation 2: the mean of the copies' "
+        raise ValueError(f"average must be 'magnitude' (the chapter's equation 2 (book/equations.md): the mean of the copies' "
                          f"|gradient| maps) or 'signed' (Smilkov et al.: the mean of the signed gradients, "
                          f"then |.| and the channel max), got {average!r}")
 
@@ -137,8 +137,8 @@ def smoothgrad(model, x, target, *, n_samples: int = 25, sigma: float = 0.15,
     normal noise of shape (C, H, W) and, as in the chapter, ``std_i = sigma * (max(x_i) -
     min(x_i))`` from image i's own value range (over all its channels and pixels):
 
-    * ``average="magnitude"`` (default, the chapter's equation 2):
-      ``M_hat(x_i) = 1/n sum_t M(x_it)`` with ``M`` equation 1, the channel max of
+    * ``average="magnitude"`` (default, the chapter's equation 2 (book/equations.md)):
+      ``M_hat(x_i) = 1/n sum_t M(x_it)`` with ``M`` equation 1 (book/equations.md), the channel max of
       |gradient|. Every copy's map is already unsigned, so gradients that flip sign from
       copy to copy add up instead of cancelling.
     * ``average="signed"`` (Smilkov et al.'s definition): the signed gradients are
