@@ -37,6 +37,13 @@ def _ids(paths):
     return [str(p.relative_to(ROOT)) for p in paths]
 
 
+# Every notebook is a case; those of SECOND_PASS are expected to fail for now (reported as
+# xfail, so that they stay visible), and pass silently once converted.
+CASES = [pytest.param(p, id=str(p.relative_to(ROOT)),
+                      marks=[pytest.mark.xfail(reason="converted in its second pass")] if p.stem in SECOND_PASS else [])
+         for p in NOTEBOOKS]
+
+
 def _markdown_cells(path: Path):
     nb = nbformat.read(path, as_version=nbformat.NO_CONVERT)
     return [(i, c.source) for i, c in enumerate(nb.cells) if c.cell_type == "markdown"]
@@ -96,7 +103,7 @@ def test_myst_syntax_detector():
     assert myst_syntax("```python\n(x)=\n{a}`b`\n```") == []
 
 
-@pytest.mark.parametrize("path", PORTABLE, ids=_ids(PORTABLE))
+@pytest.mark.parametrize("path", CASES)
 def test_notebook_reads_as_plain_markdown(path):
     problems = [f"cell {i}: {p}" for i, source in _markdown_cells(path) for p in myst_syntax(source)]
     assert not problems, (
@@ -154,7 +161,7 @@ def _pages():
     return sorted((ROOT / "book").glob("*.md")) + [ROOT / "README.md"]
 
 
-@pytest.mark.parametrize("path", PORTABLE, ids=_ids(PORTABLE))
+@pytest.mark.parametrize("path", CASES)
 def test_notebook_links_resolve(path):
     problems = [f"cell {i}: {p}" for i, source in _markdown_cells(path) for p in link_problems(source, path)]
     assert not problems, f"{path.relative_to(ROOT)}:\n  " + "\n  ".join(problems)
@@ -224,12 +231,11 @@ _FIGURE = re.compile(
 # The chapter's own numbers and parameters, which a Markdown cell may quote.
 CHAPTER = {
     "0.15": "SmoothGrad's noise level sigma (equation 2)",
-    "0.5": "rollout's equal weight of attention and identity (equation 13)",
     "-0.5": "Figure 7's incoming signal", "0.8": "Figure 7's incoming signal",
     "-0.3": "Figure 7's incoming signal", "0.6": "Figure 7's incoming signal",
     "+0.3": "Figure 7's signal with one sign flipped (notebook 03)",
     "-0.01": "Exercise 1's x2", "0.87": "Figure 19's confidence",
-    "16×16": "ViT patches", "224×224": "ImageNet input size",
+    "224×224": "the ImageNet input size",
 }
 
 # Design constants, set by each notebook's code (or the package's), that its Markdown may
@@ -238,25 +244,24 @@ DESIGN = {
     None: {
         "64×64": "the lesion images' size (synthetic.IMAGE_SIZE)",
         "2×2": "a max-pool window",
-        "0.25": "LRP's gamma and epsilon in lrp.chapter()",
-        "10^{-6}": "the dense head's epsilon in lrp.chapter()",
     },
-    "00_the_ruler_problem": {},
+    "00_the_ruler_problem": {
+        "0.5": "the ideal lesion reader's threshold on the latent malignancy",
+    },
     "01_sensitivity_vs_attribution": {
         "2.5": "the point x0 = (2.5, 1.2) where the toy function is read",
         "1.2": "the point x0 = (2.5, 1.2) where the toy function is read",
-        "0.5": "the toy function's coefficients",
-        "10^{-3}": "the finite-difference step",
+        "0.5": "the toy function's coefficient",
     },
-    "02_saliency_and_smoothgrad": {},
     "03_deconvnet_and_guided_backprop": {
         "4×4": "the unpooling toy's size",
     },
-    "04_layerwise_relevance_propagation": {},
     "05_activation_maximization": {
         "16×16": "features.11's grid in lesion_cnn",
+        "0.5": "the TV weight of the searches",
     },
     "08_exercises": {
+        "0.5": "rollout's equal weight of attention and identity (equation 13)",
         "10^{-3}": "the finite-difference step",
         "1/3": "the share of one of three structures under indifference",
     },
@@ -286,7 +291,17 @@ def test_figure_detector():
     assert stated_figures("Layer 3 of 12, in 2024, equation 5.") == []
 
 
-@pytest.mark.parametrize("path", PORTABLE, ids=_ids(PORTABLE))
+def test_every_allowed_figure_is_used():
+    """An allowance nobody uses is a loophole: each DESIGN entry appears in its notebook."""
+    stated = {p.stem: {f for _, s in _markdown_cells(p) for f in stated_figures(s)} for p in PORTABLE}
+    for stem, allowed in DESIGN.items():
+        for figure in allowed:
+            where = [s for s, figures in stated.items() if figure in figures] if stem is None \
+                else [stem] * (figure in stated.get(stem, set()))
+            assert where, f"DESIGN[{stem!r}] allows {figure!r}, which no Markdown cell states: remove it"
+
+
+@pytest.mark.parametrize("path", CASES)
 def test_markdown_states_no_computed_figure(path):
     allowed = {**CHAPTER, **DESIGN[None], **DESIGN.get(path.stem, {})}
     problems = [f"cell {i}: {figure}" for i, source in _markdown_cells(path)
