@@ -246,20 +246,10 @@ def hub_file(repo_id: str, filename: str = "model.safetensors", revision: str = 
     """
     what = what or f"{repo_id}/{filename}"
     roots = [hub_cache_dir(), _net.fallback_dir("hf-hub")]
-    for root in roots:
-        path = _cached_hub_file(root, repo_id, filename, revision)
-        if path is None:
-            continue
-        try:
-            check_safetensors(path)
-            return path
-        except Exception as err:  # noqa: BLE001 -- a failed check means: do not use it
-            try:
-                _remove_hub_entry(path)
-                fate = "removed it"
-            except OSError:
-                fate = "cannot remove it (read-only folder), so it is passed over"
-            _net.notice(f"the cached {what} at {path} is damaged ({err}): {fate}; downloading it again if online.")
+    found = _net.first_usable([_cached_hub_file(root, repo_id, filename, revision) for root in roots],
+                              check_safetensors, what, remove=_remove_hub_entry)
+    if found is not None:
+        return found
     if not _net.online():
         raise ConnectionError(f"offline and no usable cached copy of {what} in {roots[0]}")
     return _hub_download(repo_id, filename, revision, what, _net.writable_dir(roots[0], "hf-hub"))

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 __all__ = ["online", "notice", "mirror", "via_mirror", "cache_dir", "cache_path_for", "writable_dir",
-           "download", "fetch", "head", "DownloadError"]
+           "download", "fetch", "first_usable", "head", "DownloadError"]
 
 #: Hosts the package actually downloads from; reaching one of them is what matters.
 PROBE_HOSTS = (("download.pytorch.org", 443), ("huggingface.co", 443))
@@ -337,6 +337,28 @@ def download(url: str, dest: Path, *, deadline: float = 60.0, max_bytes: int = 2
     return dest
 
 
+def first_usable(paths, check: Callable[[Path], None], what: str,
+                 remove: Callable[[Path], None] = Path.unlink) -> Optional[Path]:
+    """The first of ``paths`` (None entries skipped) that exists and passes ``check``.
+
+    Each damaged one on the way is reported in one line and removed with ``remove``, or,
+    where that fails (a read-only folder), passed over: a damaged file is never used."""
+    for path in paths:
+        if path is None or not (path.exists() or path.is_symlink()):
+            continue
+        try:
+            check(path)
+            return path
+        except Exception as err:  # noqa: BLE001 -- any failed check means: do not use it
+            try:
+                remove(path)
+                fate = "removed it"
+            except OSError:
+                fate = "cannot remove it (read-only folder), so it is passed over"
+            notice(f"the cached {what} at {path} is damaged ({err}): {fate}; downloading it again if online.")
+    return None
+
+
 def fetch(url: str, dest: Path, *, kind: str, what: str, check: Callable[[Path], None],
           deadline: float = 60.0, max_bytes: int = 200_000_000) -> Path:
     """A checked local copy of ``url``: ``dest`` (or its twin in the fallback folder) when
@@ -348,20 +370,9 @@ def fetch(url: str, dest: Path, *, kind: str, what: str, check: Callable[[Path],
     copy raises ``ConnectionError`` at once. ``kind`` names the fallback folder.
     """
     dest = Path(dest)
-    candidates = [dest, fallback_dir(kind) / dest.name]
-    for path in candidates:
-        if not path.is_file():
-            continue
-        try:
-            check(path)
-            return path
-        except Exception as err:  # noqa: BLE001 -- any failed check means: do not use it
-            try:
-                path.unlink()
-                fate = "removed it"
-            except OSError:
-                fate = "cannot remove it (read-only folder), so it is passed over"
-            notice(f"the cached {what} at {path} is damaged ({err}): {fate}; downloading it again if online.")
+    found = first_usable([dest, fallback_dir(kind) / dest.name], check, what)
+    if found is not None:
+        return found
     if not online():
         raise ConnectionError(f"offline and no usable cached copy of {what} at {dest}")
     target = writable_dir(dest.parent, kind) / dest.name
