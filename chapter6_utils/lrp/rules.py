@@ -82,6 +82,8 @@ def _check_number(value, name, minimum=0.0):
 def _bias_view(layer, bias, z):
     if bias is None:
         return None
+    if isinstance(layer, nn.Linear):
+        return bias  # a Linear's outputs are the last dimension, also on (N, tokens, features)
     return bias.view(1, -1, *([1] * (z.dim() - 2)))
 
 
