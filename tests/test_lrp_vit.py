@@ -85,8 +85,9 @@ def softmax_rule(s, r_out):
     return s * (r_out - a * r_out.sum(-1, keepdim=True))
 
 
-def reference(vit, x, target, variant, eps=1e-6, stab_box=1e-6):
-    """Input relevance (3, H, W) of one image under AttnLRP or CP-LRP, z^B first layer."""
+def reference(vit, x, target, variant, box, eps=1e-6, stab_box=1e-6):
+    """Input relevance (3, H, W) of one image under AttnLRP or CP-LRP, with z^B (``box``)
+    or the epsilon rule on the patch embedding."""
     p = vit.patch_embed.patch_size[0]
     c, h, w = x.shape
     grid = h // p
@@ -150,6 +151,9 @@ def reference(vit, x, target, variant, eps=1e-6, stab_box=1e-6):
         r_h1 = eps_linear(h1, at.qkv.weight, at.qkv.bias, r_qkv, eps)
         r = r_xt + ln_rule(xt, blk.norm1, r_h1, eps)
     r_emb = (emb / tokens[1:]) * r[1:]                        # CLS and positions absorb the rest
+    if not box:
+        r_pix = eps_linear(pix, wconv, vit.patch_embed.proj.bias, r_emb, eps)
+        return r_pix.reshape(grid, grid, c, p, p).permute(2, 0, 3, 1, 4).reshape(c, h, w), logits
     z = pix @ wconv.T - lowp @ wconv.clamp(min=0).T - highp @ wconv.clamp(max=0).T
     contrib = (pix[:, :, None] * wconv.T[None] - lowp[:, :, None] * wconv.clamp(min=0).T[None]
                - highp[:, :, None] * wconv.clamp(max=0).T[None])
@@ -157,16 +161,17 @@ def reference(vit, x, target, variant, eps=1e-6, stab_box=1e-6):
     return r_pix.reshape(grid, grid, c, p, p).permute(2, 0, 3, 1, 4).reshape(c, h, w), logits
 
 
+@pytest.mark.parametrize("box", [False, True])
 @pytest.mark.parametrize("variant", ["attnlrp", "cplrp"])
-def test_agrees_with_the_float64_reference(variant):
+def test_agrees_with_the_float64_reference(variant, box):
     vit = tiny_vit()
     x = torch.randn(3, 3, 16, 16, dtype=torch.float64)
     targets = [0, 2, 1]
-    composite = lrp.attn_lrp() if variant == "attnlrp" else lrp.cp_lrp()
+    composite = lrp.attn_lrp(box=box) if variant == "attnlrp" else lrp.cp_lrp(box=box)
     ours = lrp.lrp(vit, x, targets, composite=composite)
     refs = []
     for i, t in enumerate(targets):
-        r, logits = reference(vit, x[i], t, variant)
+        r, logits = reference(vit, x[i], t, variant, box)
         assert torch.allclose(logits, vit(x[i:i + 1])[0], atol=1e-10)  # the reference's forward is the model's
         refs.append(r)
     err = rel(ours, torch.stack(refs))
