@@ -94,6 +94,22 @@ def test_pixels_are_removed_in_the_maps_order_and_the_area_is_the_trapezoid():
         P.perturbation_curve(model, x, 1, ranking[:, :4])
 
 
+def test_known_unperturbed_hits_are_reused_and_orders_can_be_chosen():
+    model = Watcher()
+    x = torch.rand(3, 3, 8, 8) + 0.5
+    ranking = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0))
+    full = P.perturbation_curve(model, x, 1, ranking)
+    model.seen.clear()
+    reused = P.perturbation_curve(model, x, 1, ranking, unperturbed_hits=full.hits[:, 0])
+    assert torch.equal(reused.hits, full.hits)
+    assert sum(len(b) for b in model.seen) == 3 * (len(P.FRACTIONS) - 1)  # the 0% point is not rerun
+    table = P.perturbation_test(model, x, [1, 1, 1], [ev.Method("r", lambda m, x, t: ranking, False, "value",
+                                                                  reduce=None)], orders=("positive",))
+    assert set(table.curves["r"]["predicted"]) == {"positive"} and "-" in str(table)
+    with pytest.raises(ValueError, match="orders"):
+        P.perturbation_test(model, x, 1, ["gradient"], orders="positive")
+
+
 def test_spearman_and_bootstrap_helpers():
     scipy_stats = pytest.importorskip("scipy.stats")
     gen = torch.Generator().manual_seed(0)

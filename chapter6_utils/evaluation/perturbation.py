@@ -104,7 +104,7 @@ class PerturbationCurve:
 
 
 def perturbation_curve(model, x, labels, ranking, order: str = "positive", fractions=FRACTIONS,
-                       batch_size: int = 256) -> PerturbationCurve:
+                       batch_size: int = 256, unperturbed_hits: torch.Tensor | None = None) -> PerturbationCurve:
     """Chefer et al.'s (2021) perturbation test of one map per image.
 
     Args:
@@ -115,6 +115,9 @@ def perturbation_curve(model, x, labels, ranking, order: str = "positive", fract
         order: ``"positive"`` removes the most relevant pixels first, ``"negative"`` the least.
         fractions: removed shares in [0, 1), the first usually 0 (the unperturbed accuracy);
             ``int(fraction * H * W)`` pixels each, as in their script.
+        unperturbed_hits: (N,) bool hits of ``x`` itself, when already known: the points
+            that remove no pixel are then not recomputed (:func:`perturbation_test` shares
+            them between all its curves).
     """
     check_input(model, x)
     n, _, h, w = x.shape
@@ -141,12 +144,16 @@ def perturbation_curve(model, x, labels, ranking, order: str = "positive", fract
     black = normalize(torch.zeros_like(x))
     per_batch = max(1, batch_size // n)
     hits = torch.empty(n, len(counts), dtype=torch.bool)
+    todo = list(range(len(counts)))
+    if unperturbed_hits is not None:
+        hits[:, [j for j in todo if counts[j] == 0]] = unperturbed_hits.view(n, 1).cpu()
+        todo = [j for j in todo if counts[j] > 0]
     with model_guard(model), torch.no_grad():
-        for start in range(0, len(counts), per_batch):
-            ks = counts[start:start + per_batch]
-            batch = torch.cat([torch.where(position < k, black, x) for k in ks])
-            pred = model(batch).argmax(1).view(len(ks), n)
-            hits[:, start:start + len(ks)] = (pred == labels).T.cpu()
+        for start in range(0, len(todo), per_batch):
+            steps = todo[start:start + per_batch]
+            batch = torch.cat([torch.where(position < counts[j], black, x) for j in steps])
+            pred = model(batch).argmax(1).view(len(steps), n)
+            hits[:, steps] = (pred == labels).T.cpu()
     return PerturbationCurve(order, fractions, hits)
 
 
@@ -166,44 +173,65 @@ class PerturbationTable:
         the predicted class, ``(gap, low, high)`` with a paired 95% bootstrap interval
         over images. A class-specific map removes the predicted class's evidence first
         only when asked for that class: the gap is positive. A class-free map gives 0."""
-        own = self.curves[method]["predicted"]["positive"]
-        other = self.curves[method]["other"]["positive"]
-        both = torch.stack([own.hits, other.hits], dim=1)  # (N, 2, S): an image's two curves resampled together
+        c = self.curves[method]
+        return _paired_difference(c["other"]["positive"], c["predicted"]["positive"], n_boot, seed)
 
-        def gap(h):  # (B, N, 2, S) -> (B,)
-            return _auc(h[..., 1, :], own.fractions) - _auc(h[..., 0, :], own.fractions)
-
-        return _bootstrap(both, gap, n_boot, seed)
+    def difference(self, method: str, reference: str, explained: str = "predicted", order: str = "positive",
+                   n_boot: int = 1000, seed: int = 0):
+        """Area of ``method`` minus area of ``reference`` (e.g. the random control) on the
+        same images, ``(difference, low, high)`` with a paired 95% bootstrap interval."""
+        return _paired_difference(self.curves[method][explained][order], self.curves[reference][explained][order],
+                                  n_boot, seed)
 
     def __str__(self):
         head = (f"{'method':<30}{'pos. AUC pred':>15}{'neg. AUC pred':>15}{'pos. AUC other':>16}"
                 f"{'neg. AUC other':>16}")
         lines = [head, "-" * len(head)]
+
+        def area(c, explained, order, width):
+            return f"{c[explained][order].auc:.1f}".rjust(width) if order in c[explained] else "-".rjust(width)
+
         for name, c in self.curves.items():
-            lines.append(f"{self.labels.get(name, name):<30}{c['predicted']['positive'].auc:>15.1f}"
-                         f"{c['predicted']['negative'].auc:>15.1f}{c['other']['positive'].auc:>16.1f}"
-                         f"{c['other']['negative'].auc:>16.1f}")
+            lines.append(f"{self.labels.get(name, name):<30}{area(c, 'predicted', 'positive', 15)}"
+                         f"{area(c, 'predicted', 'negative', 15)}{area(c, 'other', 'positive', 16)}"
+                         f"{area(c, 'other', 'negative', 16)}")
         return "\n".join(lines)
 
     _repr_pretty_ = lambda self, p, cycle: p.text(str(self))  # noqa: E731  (IPython display)
 
 
+def _paired_difference(a: PerturbationCurve, b: PerturbationCurve, n_boot: int, seed: int):
+    """AUC(a) - AUC(b), curves of the same images: each image's two curves are resampled
+    together (a paired bootstrap), which is tighter than comparing two intervals."""
+    both = torch.stack([a.hits, b.hits], dim=1)  # (N, 2, S)
+
+    def diff(h):  # (B, N, 2, S) -> (B,)
+        return _auc(h[..., 0, :], a.fractions) - _auc(h[..., 1, :], a.fractions)
+
+    return _bootstrap(both, diff, n_boot, seed)
+
+
 def _predicted_and_other(model, x):
     with model_guard(model), torch.no_grad():
-        top2 = model(x).topk(2, dim=1).indices
-    return top2[:, 0], top2[:, 1]
+        logits = model(x)
+    top2 = logits.topk(2, dim=1).indices
+    return top2[:, 0], top2[:, 1], logits
 
 
-def perturbation_test(model, x, labels, methods, *, fractions=FRACTIONS, options=None,
+def perturbation_test(model, x, labels, methods, *, fractions=FRACTIONS, orders=_ORDERS, options=None,
                       batch_size: int = 256) -> PerturbationTable:
     """Chefer et al.'s protocol for each of ``methods`` (registry names or Methods): maps
     for the predicted class and for the other class (the best-scoring class not
-    predicted), each removed in positive and negative order (:func:`perturbation_curve`).
-    A class-free method's maps are computed once and used for both classes when they are
-    identical. ``options``: {method name: extra options}."""
+    predicted), each removed in the ``orders`` given (positive and negative:
+    :func:`perturbation_curve`). A class-free method's curves are computed once and
+    used for both classes when its two maps are identical. ``options``: {method name:
+    extra options}."""
     check_input(model, x)
     labels = check_target(labels, x.shape[0], device=x.device)
-    predicted, other = _predicted_and_other(model, x)
+    if isinstance(orders, str) or not set(orders) <= set(_ORDERS) or not orders:
+        raise ValueError(f"orders must be a non-empty tuple of {_ORDERS}, got {orders!r}")
+    predicted, other, logits = _predicted_and_other(model, x)
+    unperturbed = logits.argmax(1) == labels
     options = options or {}
     curves, names = {}, {}
     for method in methods:
@@ -219,8 +247,9 @@ def perturbation_test(model, x, labels, methods, *, fractions=FRACTIONS, options
                 curves[m.name]["other"] = curves[m.name]["predicted"]
                 continue
             ranking = m.ranking(mp)
-            curves[m.name][explained] = {o: perturbation_curve(model, x, labels, ranking, o, fractions, batch_size)
-                                         for o in _ORDERS}
+            curves[m.name][explained] = {o: perturbation_curve(model, x, labels, ranking, o, fractions, batch_size,
+                                                               unperturbed_hits=unperturbed)
+                                         for o in orders}
     return PerturbationTable(curves, names)
 
 
