@@ -4,24 +4,18 @@ side; Chefer et al.'s gradient-weighted rollout beside them.
 Run: python benchmarks/run.py --only vit_lrp"""
 from __future__ import annotations
 
-import torch
-from _common import benchmark, timeit
+from _common import benchmark, forward_backward, frozen_imagenet_model, timeit
 
-from chapter6_utils import attention, lrp, models
+from chapter6_utils import attention, lrp
 
 
 @benchmark("vit_lrp")
 def bench_vit_lrp(device, repeat):
-    model = models.load("vit_small_patch16_224", pretrained=False, device=device)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    torch.manual_seed(0)
-    x = torch.randn(1, 3, 224, 224, device=device)
+    model, x = frozen_imagenet_model("vit_small_patch16_224", device)
     target = 258
 
     def plain():
-        xx = x.clone().requires_grad_(True)
-        model(xx)[0, target].backward()
+        forward_backward(model, x, target)
 
     attn, cp = lrp.attn_lrp(), lrp.cp_lrp()
     # Interleaved rounds, so that a change of load hits every candidate alike

@@ -14,30 +14,25 @@ CLASS_FREE = {"cls_attention", "rollout", "rollout_max"}
 
 
 @pytest.fixture(scope="module")
-def vit():
-    return models.load("lesion_vit")
-
-
-@pytest.fixture(scope="module")
 def pool():
     return synthetic.make_lesions(160, "biased", seed=train.TEST_SEED)
 
 
 # --------------------------------------------------------------------------- the registry
-def test_the_vit_methods_are_registered_and_apply_to_vits_only(vit):
+def test_the_vit_methods_are_registered_and_apply_to_vits_only(lesion_vit):
     cnn = models.load("lesion_cnn", pretrained=False)
-    assert set(VIT_METHODS) <= set(ev.available_methods(vit))
+    assert set(VIT_METHODS) <= set(ev.available_methods(lesion_vit))
     for name in ("cls_attention", "rollout_max", "gradient_rollout", "attn_lrp", "cp_lrp"):
-        assert ev.METHODS[name].applies_to(vit) and not ev.METHODS[name].applies_to(cnn), name
-    assert "lrp" not in ev.available_methods(vit)  # the CNN composite: a ViT gets attn_lrp / cp_lrp
+        assert ev.METHODS[name].applies_to(lesion_vit) and not ev.METHODS[name].applies_to(cnn), name
+    assert "lrp" not in ev.available_methods(lesion_vit)  # the CNN composite: a ViT gets attn_lrp / cp_lrp
     assert ev.METHODS["attn_lrp"].signed and not ev.METHODS["gradient_rollout"].signed
 
 
 @pytest.mark.bundled("lesion_vit")
-def test_every_vit_method_gives_maps_class_free_ones_ignore_the_target(vit, pool):
+def test_every_vit_method_gives_maps_class_free_ones_ignore_the_target(lesion_vit, pool):
     x = normalize(pool[:3].images)
     for name in VIT_METHODS:
-        benign, malignant = ev.get_method(name)(vit, x, 0), ev.get_method(name)(vit, x, 1)
+        benign, malignant = ev.get_method(name)(lesion_vit, x, 0), ev.get_method(name)(lesion_vit, x, 1)
         assert malignant.shape == (3, 64, 64) and torch.isfinite(malignant).all(), name
         if name in CLASS_FREE:
             assert torch.equal(benign, malignant), name
@@ -46,11 +41,11 @@ def test_every_vit_method_gives_maps_class_free_ones_ignore_the_target(vit, pool
 
 
 @pytest.mark.bundled("lesion_vit")
-def test_the_sanity_check_runs_on_lesion_vit_and_lrp_maps_drift(vit, pool):
+def test_the_sanity_check_runs_on_lesion_vit_and_lrp_maps_drift(lesion_vit, pool):
     x = normalize(pool.select(label=1, ruler=True)[:2].images)
-    result = ev.randomization_sweep(vit, ["attn_lrp", "gradient_rollout", "rollout"], x, 1)
+    result = ev.randomization_sweep(lesion_vit, ["attn_lrp", "gradient_rollout", "rollout"], x, 1)
     for name, r in result.items():
-        assert r.maps.shape == (len(ev.randomization_layers(vit)) + 1, 2, 64, 64), name
+        assert r.maps.shape == (len(ev.randomization_layers(lesion_vit)) + 1, 2, 64, 64), name
         assert torch.allclose(r.spearman[0], torch.ones(2)), name
     assert float(result["attn_lrp"].final().mean()) < 0.5  # a randomised ViT is explained differently
 
@@ -122,10 +117,10 @@ def test_spearman_and_bootstrap_helpers():
 
 
 @pytest.mark.bundled("lesion_vit")
-def test_protocol_table_on_lesion_vit(vit, pool):
+def test_protocol_table_on_lesion_vit(lesion_vit, pool):
     rand = ev.Method("random", lambda model, x, target: ev.random_map(x), False, "value", reduce=None,
                      label="random map")
-    table, perturb, intervention = P.protocol_table(vit, ["rollout", "attn_lrp", rand], pool, n_perturb=12,
+    table, perturb, intervention = P.protocol_table(lesion_vit, ["rollout", "attn_lrp", rand], pool, n_perturb=12,
                                                     n_ruler=10, n_boot=200)
     assert [r["name"] for r in table.rows] == ["rollout", "attn_lrp", "random"]
     rollout = table.rows[0]
@@ -139,4 +134,4 @@ def test_protocol_table_on_lesion_vit(vit, pool):
     assert intervention["effect"].shape == (10,) and intervention["attn_lrp"]["mass"].shape == (10,)
     assert "intervention rho" in str(table)
     with pytest.raises(ValueError, match="without a ruler"):
-        P.ruler_intervention(vit, ["rollout"], pool.select(ruler=True)[:3], pool.select(ruler=True)[:3])
+        P.ruler_intervention(lesion_vit, ["rollout"], pool.select(ruler=True)[:3], pool.select(ruler=True)[:3])
