@@ -30,3 +30,21 @@ def timeit(fn, repeat=5, warmup=1, device=None) -> float:
         sync()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def frozen_imagenet_model(name, device):
+    """``models.load(name)`` with random weights and parameters frozen (a method needs
+    gradients at the input only), and one fixed random (1, 3, 224, 224) input."""
+    from chapter6_utils import models
+
+    model = models.load(name, pretrained=False, device=device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    torch.manual_seed(0)
+    return model, torch.randn(1, 3, 224, 224, device=device)
+
+
+def forward_backward(model, x, target):
+    """One plain forward + backward to the input: the baseline LRP's ratios divide by."""
+    xx = x.clone().requires_grad_(True)
+    model(xx)[0, target].backward()

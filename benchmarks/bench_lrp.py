@@ -4,9 +4,9 @@ Run: python benchmarks/run.py --only lrp"""
 from __future__ import annotations
 
 import torch
-from _common import benchmark, timeit
+from _common import benchmark, forward_backward, frozen_imagenet_model, timeit
 
-from chapter6_utils import data, lrp, models
+from chapter6_utils import data, lrp
 
 
 @benchmark("lrp")
@@ -15,17 +15,12 @@ def bench_lrp(device, repeat):
     from zennit.composites import EpsilonGammaBox
     from zennit.torchvision import VGGCanonizer
 
-    model = models.load("vgg16", pretrained=False, device=device)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    torch.manual_seed(0)
-    x = torch.randn(1, 3, 224, 224, device=device)
+    model, x = frozen_imagenet_model("vgg16", device)
     target = 258
     low, high = data.pixel_bounds_like(x)
 
     def plain():
-        xx = x.clone().requires_grad_(True)
-        model(xx)[0, target].backward()
+        forward_backward(model, x, target)
 
     def zennit():
         composite = EpsilonGammaBox(low=low, high=high, canonizers=[VGGCanonizer()])

@@ -10,6 +10,10 @@ maps say where the CLS token gathered information from, not why the model decide
 * :func:`upsample_to_image`: a patch-grid map at image resolution, for overlays.
 * :func:`rollout_map`: ``(model, x) -> (N, H, W)`` rollout at x's resolution, for
   comparisons with attribution methods.
+* :func:`cls_attention_map`: one block's raw CLS attention at x's resolution, (N, H, W).
+* Class-specific, beyond attention alone: :func:`attention_gradients` (the attention and
+  the gradient of ``S_c`` with respect to it) and :func:`gradient_rollout` /
+  :func:`gradient_rollout_map`, Chefer et al.'s (2021b) gradient-weighted rollout.
 
 Why not the chapter's hook on ``block.attn.attn_drop``: timm's ``Attention`` computes with
 ``F.scaled_dot_product_attention`` when ``attn.fused_attn`` is True (the default), a path
@@ -27,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._guard import check_input, check_target, model_guard
+from ._guard import attribution_method, check_input, check_target, class_scores, model_guard
 
 __all__ = ["attention_maps", "cls_attention", "rollout", "upsample_to_image", "rollout_map",
            "attention_modules", "HEAD_FUSIONS"]
@@ -255,3 +259,93 @@ def rollout_map(model: nn.Module, x: torch.Tensor, target=None, *, head_fusion: 
     maps = rollout(attn, head_fusion=head_fusion, discard_ratio=discard_ratio, alpha=alpha,
                    num_prefix_tokens=prefix)
     return upsample_to_image(maps, x.shape[-2:], mode=mode)
+
+
+# --------------------------------------------------------------------------- beyond raw attention
+def cls_attention_map(model: nn.Module, x: torch.Tensor, target=None, *, layer: int = -1, head="mean",
+                      mode: str = "bilinear") -> torch.Tensor:
+    """One block's raw CLS attention (row 0 of equation 12 (book/equations.md) without the prefix columns,
+    heads fused by ``head``: "mean", "max", "min" or an int) at x's resolution, (N, H, W).
+
+    Like :func:`rollout_map`, ``target`` is accepted for the ``method(model, x, target)``
+    interface and checked, but attention does not depend on it."""
+    if target is not None:
+        check_target(target, x.shape[0] if isinstance(x, torch.Tensor) and x.dim() == 4 else 1)
+    if head is None:
+        raise ValueError("head must be 'mean', 'max', 'min' or an int: a map has one head or a fusion of them")
+    attn = attention_maps(model, x)
+    prefix = int(getattr(model, "num_prefix_tokens", 1))
+    maps = cls_attention(attn, layer, head, num_prefix_tokens=prefix)
+    return upsample_to_image(maps, x.shape[-2:], mode=mode)
+
+
+@attribution_method
+def attention_gradients(model: nn.Module, x: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
+    """The softmax attention of every block and the gradient of the class score ``S_c``
+    (pre-softmax) with respect to it, each (N, L, heads, T, T).
+
+    One forward pass with the fused path off (flags, hooks and modes as they were
+    afterwards, also on error) and one backward pass. ``target``: an int or N indices."""
+    mods = attention_modules(model)
+    captured: list = []
+
+    def grab(module, inputs, output):
+        captured.append(output)
+
+    for m in mods:
+        m.fused_attn = False  # the explicit path, whose softmax output attn_drop receives
+        m.attn_drop.register_forward_hook(grab)
+    x0 = x.detach().clone().requires_grad_(True)  # so that the attention carries a graph
+    scores = class_scores(model(x0), target, int(target.max()))
+    if len(captured) != len(mods):
+        raise RuntimeError(f"captured {len(captured)} attention matrices from {len(mods)} attention modules; "
+                           "this timm version computes attention differently (check Attention.forward)")
+    grads = torch.autograd.grad(scores.sum(), captured)
+    return torch.stack([a.detach() for a in captured], dim=1), torch.stack(grads, dim=1)
+
+
+def gradient_rollout(attn: torch.Tensor, grads: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:
+    """Chefer et al.'s (2021b) gradient-weighted attention rollout, class-specific.
+
+    Per block l, the heads' attention weighted by the gradient of the class score and
+    kept where positive, ``A_bar_l = mean_h (dS_c/dA_l,h * A_l,h)^+``; then ``R_0 = I``
+    and ``R_l = R_(l-1) + A_bar_l R_(l-1)`` (the identity carries the residual stream).
+    The map is row CLS of ``R_L`` without the prefix columns. Chefer, Gur and Wolf
+    (2021), "Generic attention-model explainability for interpreting bi-modal and
+    encoder-decoder transformers", ICCV, rules 5 and 6; as in their code for ViTs, the
+    rows of ``R`` are not renormalised (rollout, equation 13 (book/equations.md), renormalises).
+
+    Args:
+        attn, grads: (N, L, heads, T, T) from :func:`attention_gradients`.
+        num_prefix_tokens: tokens before the patches (1 for the CLS token).
+
+    Returns:
+        (N, h, w) non-negative maps on the patch grid; target-dependent through ``grads``.
+    """
+    _check_attn(attn)
+    if not isinstance(grads, torch.Tensor) or grads.shape != attn.shape:
+        shape = tuple(grads.shape) if isinstance(grads, torch.Tensor) else type(grads).__name__
+        raise ValueError(f"grads has shape {shape}; expected attn's {tuple(attn.shape)} (attention_gradients)")
+    n, n_layers, tokens = attn.shape[0], attn.shape[1], attn.shape[-1]
+    h, w = _grid(tokens, num_prefix_tokens)
+    weighted = (grads * attn).clamp(min=0).mean(dim=2)  # (N, L, T, T)
+    r = torch.eye(tokens, dtype=attn.dtype, device=attn.device).expand(n, tokens, tokens)
+    for layer in range(n_layers):
+        r = r + weighted[:, layer] @ r
+    out = r[:, 0, num_prefix_tokens:].reshape(n, h, w)
+    if not bool(torch.isfinite(out).all()):
+        raise FloatingPointError("gradient rollout produced non-finite values (the attention or its gradient "
+                                 "holds NaN or inf: check the model's output for this input)")
+    return out
+
+
+def gradient_rollout_map(model: nn.Module, x: torch.Tensor, target, *, mode: str = "bilinear") -> torch.Tensor:
+    """:func:`attention_gradients`, then :func:`gradient_rollout`, then
+    :func:`upsample_to_image`: Chefer et al.'s (2021b) class-specific map at x's
+    resolution, (N, H, W), non-negative. Unlike :func:`rollout_map`, ``target`` matters."""
+    attn, grads = attention_gradients(model, x, target)
+    prefix = int(getattr(model, "num_prefix_tokens", 1))
+    return upsample_to_image(gradient_rollout(attn, grads, prefix), x.shape[-2:], mode=mode)
+
+
+__all__ += ["cls_attention_map", "attention_gradients", "gradient_rollout", "gradient_rollout_map"]

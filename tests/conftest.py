@@ -21,6 +21,14 @@ def device() -> torch.device:
     return chapter6_utils.device()
 
 
+@pytest.fixture(scope="session")
+def lesion_vit():
+    """The bundled lesion_vit, shared by the tests that only read it (do not modify it)."""
+    from chapter6_utils import models
+
+    return models.load("lesion_vit")
+
+
 @pytest.fixture(autouse=True)
 def close_figures():
     """Close every figure a test made, so figures do not pile up across the suite."""

@@ -50,9 +50,10 @@ def _same_state(model, state):
 # --------------------------------------------------------------------------- registry
 def test_registry_lists_every_method_of_the_chapter():
     assert list(ev.METHODS) == ["gradient", "saliency", "smoothgrad", "gradient_x_input", "deconvnet",
-                                "guided_backprop", "lrp", "rollout"]
+                                "guided_backprop", "lrp", "rollout", "cls_attention", "rollout_max",
+                                "gradient_rollout", "attn_lrp", "cp_lrp"]
     assert {n for n, m in ev.METHODS.items() if m.signed} == {"gradient", "gradient_x_input", "deconvnet",
-                                                               "guided_backprop", "lrp"}
+                                                               "guided_backprop", "lrp", "attn_lrp", "cp_lrp"}
     with pytest.raises(ValueError, match="unknown method 'lrpp'.*gradient, saliency"):
         ev.get_method("lrpp")
 

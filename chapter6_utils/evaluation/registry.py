@@ -118,6 +118,30 @@ METHODS: dict[str, Method] = dict([
 ])
 
 
+def _lrp_with(composite: str) -> Callable:
+    """``lrp.lrp`` with one of the ViT composites (``lrp`` imported when first called)."""
+    def method(model, x, target, **options):
+        from .. import lrp
+
+        return lrp.lrp(model, x, target, composite=getattr(lrp, composite)(), **options)
+
+    method.__name__ = method.__qualname__ = f"lrp_{composite}"
+    return method
+
+
+# Methods for Vision Transformers (gradient and gradient x input above apply to them too).
+METHODS.update([
+    _m("cls_attention", "attention:cls_attention_map", False, "value", "Raw CLS attention (last block)",
+       reduce=None, architecture="vit"),
+    _m("rollout_max", "attention:rollout_map", False, "value", "Rollout (max, 90% discarded)", reduce=None,
+       defaults={"head_fusion": "max", "discard_ratio": 0.9}, architecture="vit"),
+    _m("gradient_rollout", "attention:gradient_rollout_map", False, "value", "Gradient-weighted rollout",
+       reduce=None, architecture="vit"),
+    _m("attn_lrp", _lrp_with("attn_lrp"), True, "positive", "AttnLRP", architecture="vit"),
+    _m("cp_lrp", _lrp_with("cp_lrp"), True, "positive", "CP-LRP", architecture="vit"),
+])
+
+
 def get_method(method) -> Method:
     """A :class:`Method` from a registry name (or a Method, returned as it is)."""
     if isinstance(method, Method):

@@ -118,7 +118,12 @@ def _merge(layer, bn):
 
 def canonize(model: nn.Module) -> nn.Module:
     """A copy of ``model`` (sharing its tensors) rewritten for LRP; see the module docstring.
-    Raises :class:`UnsupportedLayerError` for a layer without a rule."""
+    Raises :class:`UnsupportedLayerError` for a layer without a rule. A timm Vision
+    Transformer (or any model with transformer parts) goes to :func:`.vit.canonize_vit`."""
+    from .vit import canonize_vit, is_transformer
+
+    if is_transformer(model):
+        return canonize_vit(model)
     net = _light_copy(model)
     blocks = _blocks()
     for name, m in list(net.named_modules()):
