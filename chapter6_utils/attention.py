@@ -4,9 +4,9 @@ A ViT's attention weights are read, not attributed: nothing here takes a class, 
 maps say where the CLS token gathered information from, not why the model decided.
 
 * :func:`attention_maps`: the softmax attention of every block, (N, L, heads, T, T),
-  equation 12 (Dosovitskiy et al., 2020).
+  equation 12 (book/equations.md) (Dosovitskiy et al., 2020).
 * :func:`cls_attention`: one layer's CLS row without the CLS column, on the patch grid.
-* :func:`rollout`: attention rollout, equation 13 (Abnar & Zuidema, 2020), (N, h, w).
+* :func:`rollout`: attention rollout, equation 13 (book/equations.md) (Abnar & Zuidema, 2020), (N, h, w).
 * :func:`upsample_to_image`: a patch-grid map at image resolution, for overlays.
 * :func:`rollout_map`: ``(model, x) -> (N, H, W)`` rollout at x's resolution, for
   comparisons with attribution methods.
@@ -56,7 +56,7 @@ def attention_modules(model: nn.Module) -> list:
 
 
 def attention_maps(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The softmax attention of every block, equation 12: ``A_h = softmax(Q_h K_h^T / sqrt(d_k))``.
+    """The softmax attention of every block, equation 12 (book/equations.md): ``A_h = softmax(Q_h K_h^T / sqrt(d_k))``.
 
     Dosovitskiy et al. (2020), "An image is worth 16x16 words". One forward pass in eval
     mode without gradients; the fused attention path is off during that pass and
@@ -120,7 +120,7 @@ def _fuse(a: torch.Tensor, head_fusion: str, dim: int) -> torch.Tensor:
 def cls_attention(attn: torch.Tensor, layer: int, head=None, num_prefix_tokens: int = 1) -> torch.Tensor:
     """The CLS token's attention to the patches at one layer, on the patch grid.
 
-    Row 0 of ``A_h`` (equation 12) without the prefix columns (CLS, registers), reshaped
+    Row 0 of ``A_h`` (equation 12 (book/equations.md)) without the prefix columns (CLS, registers), reshaped
     to the (h, w) patch grid; the values are the raw attention weights (they sum, with
     the CLS self-weight, to 1).
 
@@ -159,7 +159,7 @@ def _alphas(alpha, n_layers: int, like: torch.Tensor) -> torch.Tensor:
 
 def rollout(attn: torch.Tensor, head_fusion: str = "mean", discard_ratio: float = 0.0, alpha=0.5,
             num_prefix_tokens: int = 1) -> torch.Tensor:
-    """Attention rollout, equation 13 (Abnar & Zuidema, 2020, "Quantifying attention flow
+    """Attention rollout, equation 13 (book/equations.md) (Abnar & Zuidema, 2020, "Quantifying attention flow
     in transformers").
 
     Per layer l: fuse the heads (``head_fusion``: mean, max or min over heads); set the
@@ -172,7 +172,7 @@ def rollout(attn: torch.Tensor, head_fusion: str = "mean", discard_ratio: float 
     ``alpha=0.5`` is the chapter's equal weighting of attention and residual path;
     Exercise 4's per-layer weighting is ``alpha`` with one value per layer (alpha = 1:
     attention only; alpha = 0: the identity, a map of zeros). The rows of a max- or
-    min-fused matrix do not sum to 1 before the mixing: as in equation 13 the identity is
+    min-fused matrix do not sum to 1 before the mixing: as in equation 13 (book/equations.md) the identity is
     added to them as they are, and only the sum is renormalised. With alpha = 1 and
     discarding, a row can lose all its weights: it stays zero (no NaN).
 
@@ -242,7 +242,7 @@ def upsample_to_image(m: torch.Tensor, image_size, mode: str = "bilinear") -> to
 
 def rollout_map(model: nn.Module, x: torch.Tensor, target=None, *, head_fusion: str = "mean",
                 discard_ratio: float = 0.0, alpha=0.5, mode: str = "bilinear") -> torch.Tensor:
-    """Attention rollout (equation 13) of ``model`` on ``x`` at x's resolution, (N, H, W).
+    """Attention rollout (equation 13 (book/equations.md)) of ``model`` on ``x`` at x's resolution, (N, H, W).
 
     :func:`attention_maps`, then :func:`rollout`, then :func:`upsample_to_image`: the
     shape every attribution method returns, for comparisons and evaluation. The model is
@@ -264,7 +264,7 @@ def rollout_map(model: nn.Module, x: torch.Tensor, target=None, *, head_fusion: 
 # --------------------------------------------------------------------------- beyond raw attention
 def cls_attention_map(model: nn.Module, x: torch.Tensor, target=None, *, layer: int = -1, head="mean",
                       mode: str = "bilinear") -> torch.Tensor:
-    """One block's raw CLS attention (row 0 of equation 12 without the prefix columns,
+    """One block's raw CLS attention (row 0 of equation 12 (book/equations.md) without the prefix columns,
     heads fused by ``head``: "mean", "max", "min" or an int) at x's resolution, (N, H, W).
 
     Like :func:`rollout_map`, ``target`` is accepted for the ``method(model, x, target)``
@@ -313,7 +313,7 @@ def gradient_rollout(attn: torch.Tensor, grads: torch.Tensor, num_prefix_tokens:
     The map is row CLS of ``R_L`` without the prefix columns. Chefer, Gur and Wolf
     (2021), "Generic attention-model explainability for interpreting bi-modal and
     encoder-decoder transformers", ICCV, rules 5 and 6; as in their code for ViTs, the
-    rows of ``R`` are not renormalised (rollout, equation 13, renormalises).
+    rows of ``R`` are not renormalised (rollout, equation 13 (book/equations.md), renormalises).
 
     Args:
         attn, grads: (N, L, heads, T, T) from :func:`attention_gradients`.

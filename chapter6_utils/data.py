@@ -99,7 +99,7 @@ def pixel_bounds(device=None, dtype: torch.dtype = torch.float32) -> tuple[torch
 
     ``low = (0 - mean) / std`` and ``high = (1 - mean) / std``: the values black and
     white take after :func:`normalize`. The LRP z^B rule for the input layer
-    (equations.md, item 8) needs them: it assumes ``l_i <= x_i <= h_i`` in the space
+    (equation 8 (book/equations.md)) needs them: it assumes ``l_i <= x_i <= h_i`` in the space
     the network actually sees, which is the normalised one, not ``[0, 1]``.
     The shape broadcasts against ``(N, 3, H, W)``; see :func:`pixel_bounds_like` for
     full-size copies.

@@ -11,8 +11,9 @@ on x's device.
 
 * :func:`gradient`: dS_c/dx, (N, C, H, W).
 * :func:`gradient_x_input`: dS_c/dx * x, (N, C, H, W).
-* :func:`saliency_map`: equation 1, (N, H, W) (Simonyan et al., 2013).
-* :func:`smoothgrad`: equation 2, (N, H, W) (Smilkov et al., 2017).
+* :func:`saliency_map`: equation 1 (book/equations.md), (N, H, W) (Simonyan et al., 2013).
+* :func:`smoothgrad`: equation 2 (book/equations.md), (N, H, W) (Smilkov et al., 2017);
+  ``average="magnitude"`` (the chapter's) or ``"signed"`` (the paper's).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import torch
 from ._guard import attribution_method, class_scores
 
 __all__ = ["gradient", "gradient_x_input", "saliency_map", "smoothgrad", "default_batch_size",
-           "DEFAULT_BATCH_VALUES"]
+           "DEFAULT_BATCH_VALUES", "AVERAGES"]
 
 #: How many input values (copies x C x H x W) ``smoothgrad(batch_size=None)`` puts through
 #: one forward/backward pass, by device type: what 8 noisy copies of a 224x224 RGB image
@@ -36,6 +37,9 @@ __all__ = ["gradient", "gradient_x_input", "saliency_map", "smoothgrad", "defaul
 #: 25 copies in one pass than one at a time, 4x faster with 64 copies per pass than with
 #: 8 over 8 images; 64 copies per pass keep VGG-16 near 5 GiB of GPU memory.
 DEFAULT_BATCH_VALUES = {"cpu": 8 * 3 * 224 * 224, "cuda": 64 * 3 * 224 * 224}
+#: What ``smoothgrad`` averages over the noisy copies: each copy's map (the chapter's
+#: equation 2 (book/equations.md)) or the signed gradients (Smilkov et al.'s definition).
+AVERAGES = ("magnitude", "signed")
 _MASK64 = (1 << 64) - 1
 
 
@@ -52,7 +56,7 @@ def _input_gradient(model, x, target, target_max):
 def gradient(model, x, target):
     """The gradient dS_c/dx of the class score at the input, (N, C, H, W) like ``x``.
 
-    The signed sensitivity behind equation 1 (Simonyan et al., 2013); equals Captum's
+    The signed sensitivity behind equation 1 (book/equations.md) (Simonyan et al., 2013); equals Captum's
     ``Saliency(model).attribute(x, target, abs=False)``.
     """
     return _input_gradient(model, x, target, int(target.max()))
@@ -74,7 +78,7 @@ def _channel_max_abs(grad):
 
 @attribution_method
 def saliency_map(model, x, target):
-    """Vanilla saliency, equation 1: ``M[i, j] = max_k |dS_c / dx[k, i, j]|``, (N, H, W).
+    """Vanilla saliency, equation 1 (book/equations.md): ``M[i, j] = max_k |dS_c / dx[k, i, j]|``, (N, H, W).
 
     Simonyan, Vedaldi & Zisserman (2013), "Deep inside convolutional networks". Unsigned:
     it says where a nudge would change the score, not in which direction.
@@ -104,7 +108,12 @@ def _copy_noise(seed: int, t: int, shape, like: torch.Tensor) -> torch.Tensor:
     return torch.randn(shape, generator=gen, device=like.device, dtype=like.dtype)
 
 
-def _check_options(n_samples, sigma, batch_size, seed):
+def _check_options(n_samples, sigma, batch_size, seed, average):
+    if average not in AVERAGES:
+        raise ValueError(f"average must be 'magnitude' (the chapter's equation 2 (book/equations.md): the mean of the copies' "
+                         f"|gradient| maps) or 'signed' (Smilkov et al.: the mean of the signed gradients, "
+                         f"then |.| and the channel max), got {average!r}")
+
     def is_int(v):
         return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
@@ -121,13 +130,22 @@ def _check_options(n_samples, sigma, batch_size, seed):
 
 @attribution_method
 def smoothgrad(model, x, target, *, n_samples: int = 25, sigma: float = 0.15,
-               batch_size: int | None = None, seed: int | None = None):
-    """SmoothGrad, equation 2: the mean of vanilla saliency maps of noisy copies, (N, H, W).
+               batch_size: int | None = None, seed: int | None = None, average: str = "magnitude"):
+    """SmoothGrad, equation 2 (book/equations.md): maps of noisy copies averaged, (N, H, W).
 
-    ``M_hat(x_i) = 1/n sum_t M(clamp(x_i + std_i * eps_t, min(x_i), max(x_i)))`` with
-    ``M`` equation 1, ``eps_t`` standard normal noise of shape (C, H, W) and, as in the
-    chapter, ``std_i = sigma * (max(x_i) - min(x_i))`` from image i's own value range
-    (over all its channels and pixels) and each copy clamped to that range.
+    With ``x_it = clamp(x_i + std_i * eps_t, min(x_i), max(x_i))``, ``eps_t`` standard
+    normal noise of shape (C, H, W) and, as in the chapter, ``std_i = sigma * (max(x_i) -
+    min(x_i))`` from image i's own value range (over all its channels and pixels):
+
+    * ``average="magnitude"`` (default, the chapter's equation 2 (book/equations.md)):
+      ``M_hat(x_i) = 1/n sum_t M(x_it)`` with ``M`` equation 1 (book/equations.md), the channel max of
+      |gradient|. Every copy's map is already unsigned, so gradients that flip sign from
+      copy to copy add up instead of cancelling.
+    * ``average="signed"`` (Smilkov et al.'s definition): the signed gradients are
+      averaged, ``G_i = 1/n sum_t dS_c/dx (x_it)``, and the map is ``max_k |G_i[k]|``.
+      Here sign flips cancel: this is the variant in which "the noise averages out".
+      Never larger than the magnitude average, pixel by pixel.
+
     Smilkov, Thorat, Kim, Viegas & Wattenberg (2017), "SmoothGrad: removing noise by
     adding noise".
 
@@ -149,11 +167,13 @@ def smoothgrad(model, x, target, *, n_samples: int = 25, sigma: float = 0.15,
             which matters only when averaging maps over images. None draws the seed from
             torch's global generator, so ``torch.manual_seed`` (``seed_everything``)
             makes the call reproducible too. A seed gives other noise on CUDA than on CPU.
+        average: ``"magnitude"`` or ``"signed"``, see above. The same seed gives both
+            the same noisy copies.
 
     Returns:
         (N, H, W) on x's device, non-negative.
     """
-    _check_options(n_samples, sigma, batch_size, seed)
+    _check_options(n_samples, sigma, batch_size, seed, average)
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)))
     n, shape, target_max = x.shape[0], x.shape[1:], int(target.max())
@@ -163,7 +183,9 @@ def smoothgrad(model, x, target, *, n_samples: int = 25, sigma: float = 0.15,
     lo = flat.amin(1).view(n, 1, 1, 1)
     hi = flat.amax(1).view(n, 1, 1, 1)
     std = sigma * (hi - lo)
-    total = torch.zeros((n,) + tuple(shape[1:]), device=x.device, dtype=x.dtype)
+    signed = average == "signed"
+    # The running sum: of the copies' maps (N, H, W), or of their gradients (N, C, H, W).
+    total = torch.zeros((n,) + tuple(shape if signed else shape[1:]), device=x.device, dtype=x.dtype)
     # The n * N copies in copy-major order (copy t outer, image i inner) and cut into
     # batches: within a batch, the copies of one t are a run of consecutive images, so
     # eps_t is drawn once for all of them, and every image adds its maps in the order
@@ -174,8 +196,9 @@ def smoothgrad(model, x, target, *, n_samples: int = 25, sigma: float = 0.15,
         noisy = torch.cat([torch.clamp(x[a:b] + std[a:b] * _copy_noise(seed, t, shape, x), lo[a:b], hi[a:b])
                            for t, a, b in runs])
         # target_max of all images: the first batch may not hold every image.
-        maps = _channel_max_abs(_input_gradient(model, noisy, torch.cat([target[a:b] for _, a, b in runs]),
-                                                target_max))
+        grads = _input_gradient(model, noisy, torch.cat([target[a:b] for _, a, b in runs]), target_max)
+        maps = grads if signed else _channel_max_abs(grads)
         for (_, a, b), m in zip(runs, maps.split([b - a for _, a, b in runs])):
             total[a:b] += m
-    return total / n_samples
+    mean = total / n_samples
+    return _channel_max_abs(mean) if signed else mean

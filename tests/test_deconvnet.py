@@ -235,14 +235,36 @@ def test_projection_widget_functions(cnn, lesions):
     x = lesions[1][:24]
     top = widgets.projection_view(cnn, x, "features.8", 3, k=4)
     assert len(top.patch) == 4 and top.layer == "features.8"
-    fig = widgets.projection_figure(top)
+    fig = widgets.projection_figure(top, style="signed")
     assert len(fig.axes) == 2 * 4 + 1  # patches, projections, one shared colorbar
     assert fig.axes[4 + 1].images[0].cmap.name == "RdBu_r"
     lo, hi = fig.axes[4 + 1].images[0].get_clim()
     assert lo == -hi > -float("inf") and hi > 0
+    # the default: each projection a colour image with its own contrast, as Zeiler & Fergus
+    fig = widgets.projection_figure(top)
+    assert len(fig.axes) == 2 * 4  # no colorbar: every patch has its own scale
+    shown = fig.axes[1].images[0].get_array()
+    assert shown.shape == tuple(top.projection_patch[0].shape[1:]) + (3,)
+    assert float(shown.min()) >= 0 and float(shown.max()) <= 1 and float(shown.std()) > 0
     grid = widgets.projection_grid(cnn, x, [("features.3", 1), ("features.8", 3)], k=3)
-    assert len(grid.axes) == 2 * (2 * 3 + 1)
+    assert len(grid.axes) == 2 * (2 * 3)
+    with pytest.raises(ValueError, match="style must be one of"):
+        widgets.projection_grid(cnn, x, [("features.3", 1)], k=3, style="grey")
     box = widgets.projection_explorer(cnn, x, ["features.3", "features.8"], k=3)
     assert box.sliders["channel"].max == 63
     box.sliders["layer"].value = "features.8"
     assert ("features.8", 0) in box.cache and len(box.cache) == 2
+
+
+def test_projection_rgb_gives_each_patch_its_own_contrast():
+    from chapter6_utils.widgets.deconvnet import projection_rgb
+
+    torch.manual_seed(0)
+    p = torch.randn(3, 5, 7)
+    img = projection_rgb(p)
+    assert img.shape == (5, 7, 3) and img.min() >= 0 and img.max() <= 1
+    assert np.allclose(img, projection_rgb(1e-3 * p))  # the strength does not matter, the pattern does
+    assert np.allclose(projection_rgb(torch.zeros(3, 4, 4)), 0.5)  # zero is mid-grey
+    red = torch.zeros(3, 2, 2)
+    red[0] = 1.0
+    assert np.allclose(projection_rgb(red)[..., 0], 1.0) and np.allclose(projection_rgb(red)[..., 1:], 0.5)

@@ -1,4 +1,4 @@
-"""saliency: gradient, gradient x input, vanilla saliency (eq. 1) and SmoothGrad (eq. 2)."""
+"""saliency: gradient, gradient x input, vanilla saliency (equation 1) and SmoothGrad (equation 2), book/equations.md."""
 import pytest
 import torch
 import torch.nn as nn
@@ -167,6 +167,62 @@ def test_smoothgrad_is_independent_of_batching(dev):
         assert_close(smoothgrad(cnn, x[i:i + 1], target[i], n_samples=7, seed=3), ref[i:i + 1], 1e-9)
 
 
+def reference_smoothgrad_signed(model, x, target, n_samples, sigma, seed):
+    """Smilkov et al.'s SmoothGrad image by image: the mean of the signed gradients of the
+    noisy copies (the noise smoothgrad draws), then |.| and the max over channels."""
+    out = []
+    for i in range(len(x)):
+        xi = x[i:i + 1]
+        lo, hi = xi.min(), xi.max()
+        acc = torch.zeros_like(xi[0])
+        for t in range(n_samples):
+            eps = saliency._copy_noise(seed, t, xi.shape[1:], xi)
+            noisy = (xi + eps * sigma * (hi - lo)).clamp(lo, hi).requires_grad_(True)
+            model(noisy)[0, target[i]].backward()
+            acc += noisy.grad[0]
+        out.append((acc / n_samples).abs().amax(dim=0))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("dev", DEVICES)
+def test_smoothgrad_signed_matches_the_papers_loop(dev):
+    cnn = cnn64_on(dev)
+    x = lesion_batch(3, dev).double()
+    x[1] *= 3
+    target = [1, 0, 1]
+    ours = smoothgrad(cnn, x, target, n_samples=6, sigma=0.2, seed=5, average="signed")
+    assert ours.shape == (3, 64, 64) and ours.device.type == dev and (ours >= 0).all()
+    assert_close(ours, reference_smoothgrad_signed(cnn, x, target, 6, 0.2, 5), 1e-9)
+    for bs in (1, 4, 100):  # batching changes nothing here either
+        assert_close(smoothgrad(cnn, x, target, n_samples=6, sigma=0.2, seed=5, average="signed",
+                                batch_size=bs), ours, 1e-9)
+    # |mean of gradients| <= mean of |gradients|, pixel by pixel, with the same noise
+    magnitude = smoothgrad(cnn, x, target, n_samples=6, sigma=0.2, seed=5)
+    assert (ours <= magnitude * (1 + 1e-12)).all() and not torch.allclose(ours, magnitude)
+
+
+class Absolute(nn.Module):
+    """S_0(x) = sum |x|: at x = 0 every input's gradient is the sign of its noise."""
+
+    def forward(self, x):
+        s = x.abs().flatten(1).sum(1, keepdim=True)
+        return torch.cat([s, -s], dim=1)
+
+
+def test_signed_average_cancels_sign_flips_and_magnitude_does_not():
+    # The case that separates the two: gradients +1 or -1 at random from copy to copy.
+    # Averaging magnitudes gives exactly 1 everywhere; averaging signs gives about
+    # 1/sqrt(n) (the mean of n random signs), the "speckle averages out" of the paper.
+    x = torch.zeros(1, 3, 16, 16)
+    x[0, 0, 0, 0], x[0, 0, 0, 1] = -1.0, 1.0  # a value range for the noise
+    n = 64
+    magnitude = smoothgrad(Absolute(), x, 0, n_samples=n, sigma=0.1, seed=0)
+    signed = smoothgrad(Absolute(), x, 0, n_samples=n, sigma=0.1, seed=0, average="signed")
+    assert torch.allclose(magnitude, torch.ones_like(magnitude))
+    assert signed.mean() < 4 / n ** 0.5, signed.mean()  # max over 3 channels of |mean of 64 signs|
+    assert (signed > 0).any()
+
+
 def test_smoothgrad_seeds(cnn):
     x = lesion_batch(2)
     a = smoothgrad(cnn, x, 1, n_samples=4, seed=0)
@@ -206,6 +262,8 @@ def test_smoothgrad_checks_every_target_whatever_the_batching(cnn):
     ({"sigma": float("inf")}, "sigma must be a finite number >= 0"),
     ({"batch_size": 0}, "batch_size must be None or an int >= 1"),
     ({"seed": 1.5}, "seed must be None or an int"),
+    ({"average": "mean"}, "average must be 'magnitude'.*or 'signed'"),
+    ({"average": None}, "average must be 'magnitude'.*or 'signed'"),
 ])
 def test_smoothgrad_rejects_bad_options(cnn, options, match):
     with pytest.raises((ValueError, TypeError), match=match):

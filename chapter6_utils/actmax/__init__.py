@@ -2,9 +2,9 @@
 
 Unlike the attribution methods, nothing here explains a given image: we *search* for an
 image. An :class:`Objective` names what to maximise; :func:`maximize` climbs its gradient in
-pixel space (equation 10, Erhan et al., 2009; Simonyan et al., 2013; regularisers after
+pixel space (equation 10 (book/equations.md), Erhan et al., 2009; Simonyan et al., 2013; regularisers after
 Yosinski et al., 2015 and Mahendran & Vedaldi, 2015); :func:`dgn_am` climbs it in the latent
-space of an image generator (equation 11, Nguyen et al., 2016).
+space of an image generator (equation 11 (book/equations.md), Nguyen et al., 2016).
 
 Objectives (layers are named as in ``dict(model.named_modules())``, e.g. ``"features.8"``):
 

@@ -20,7 +20,7 @@ __all__ = ["total_variation", "high_frequency_energy", "ruler_tick_energy", "poo
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference between neighbouring pixels, per image (N,): the TV of
-    equation 10 divided by the number of differences, so that it does not grow with size."""
+    equation 10 (book/equations.md) divided by the number of differences, so that it does not grow with size."""
     dy = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).mean(1)
     dx = (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).mean(1)
     return dy + dx

@@ -1,5 +1,5 @@
-"""The two searches: :func:`maximize` in pixel space (equation 10) and :func:`dgn_am` in
-the latent space of an image generator (equation 11)."""
+"""The two searches: :func:`maximize` in pixel space (equation 10 (book/equations.md)) and :func:`dgn_am` in
+the latent space of an image generator (equation 11 (book/equations.md))."""
 from __future__ import annotations
 
 import numbers
@@ -61,7 +61,7 @@ def maximize(model: nn.Module, objective: Objective, steps: int = 256, lr: float
              blur_every: int = 0, blur_sigma: float = 0.5, tv: float = 0.0, jitter: int = 0, seed: int = 0,
              image_size: Optional[int] = None, record_every: Optional[int] = None, n: int = 1,
              init: Optional[torch.Tensor] = None) -> ActMaxResult:
-    """Activation maximisation in pixel space (equation 10).
+    """Activation maximisation in pixel space (equation 10 (book/equations.md)).
 
     Starting from noise, ascend ``a(x) - l2 * mean(x^2) - tv * TV(x)`` with Adam (gradient
     ascent with a per-pixel step size; plain ascent with one ``eta`` stalls where the
@@ -165,7 +165,7 @@ def _to_pixels(x_norm):
 def dgn_am(model: nn.Module, generator: nn.Module, objective: Objective, steps: int = 256, lr: float = 0.05,
            l2_latent: float = 0.01, seed: int = 0, n: int = 1, record_every: Optional[int] = None,
            z_init: Optional[torch.Tensor] = None) -> ActMaxResult:
-    """DGN-AM: activation maximisation in a generator's latent space (equation 11).
+    """DGN-AM: activation maximisation in a generator's latent space (equation 11 (book/equations.md)).
 
     Ascend ``a(G(z)) - l2_latent * ||z||^2`` over the latent code ``z`` with Adam, starting
     from ``z ~ N(0, I)`` (seeded). Every candidate is an image the generator can draw, so
@@ -178,7 +178,7 @@ def dgn_am(model: nn.Module, generator: nn.Module, objective: Objective, steps: 
         generator: maps (N, z) codes to (N, 3, H, W) images in [0, 1], e.g.
             ``models.load("lesion_generator")``; its ``latent_dim`` attribute gives z.
         objective, steps, lr, seed, n, record_every: as in :func:`maximize`.
-        l2_latent: the lambda of equation 11 (on the sum of squares of z).
+        l2_latent: the lambda of equation 11 (book/equations.md) (on the sum of squares of z).
         z_init: optional starting codes (n, z).
 
     Returns:

@@ -3,7 +3,7 @@
 Two roads from a deep signal back to the pixels:
 
 * The *rule* road: an ordinary backward pass in which every ``nn.ReLU`` passes the
-  incoming signal by one of the three rules of equation 3 (:func:`relu_backward`,
+  incoming signal by one of the three rules of equation 3 (book/equations.md) (:func:`relu_backward`,
   applied to a model by :func:`relu_rule`). :func:`deconvnet` and
   :func:`guided_backprop` are ``method(model, x, target)`` attribution methods built on it,
   (N, C, H, W) like ``x``. Max-pooling and convolutions keep their usual backward, which

@@ -109,7 +109,7 @@ def _invert(steps, r):
     for step in reversed(steps):
         m = step.module
         if isinstance(m, nn.ReLU):
-            r = r.clamp(min=0)  # equation 3, deconvnet rule
+            r = r.clamp(min=0)  # equation 3 (book/equations.md), deconvnet rule
         elif isinstance(m, nn.MaxPool2d):
             # Unpool: each value goes back to the position its window's maximum came from;
             # overlapping windows add up, as the gradient does.
@@ -152,7 +152,7 @@ def project(model, x, layer, channel: int, top_k: int = 1):
     ``top_k`` strongest activations of ``channel`` in ``layer``'s output are kept (with
     their values), all else set to zero; then the network is inverted module by module
     down to the pixels: max-pool -> unpool to the recorded switches, ReLU -> ReLU
-    (equation 3, deconvnet rule), convolution -> transposed convolution with the forward
+    (equation 3 (book/equations.md), deconvnet rule), convolution -> transposed convolution with the forward
     weights (bias left out). Zeiler & Fergus (2014), "Visualizing and understanding
     convolutional networks".
 

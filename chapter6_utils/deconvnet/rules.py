@@ -1,5 +1,5 @@
 """The rule road: a backward pass in which every ``nn.ReLU`` follows one of the three
-rules of equation 3, and the two attribution methods built on it, :func:`deconvnet`
+rules of equation 3 (book/equations.md), and the two attribution methods built on it, :func:`deconvnet`
 (Zeiler & Fergus, 2014) and :func:`guided_backprop` (Springenberg et al., 2015)."""
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from .._guard import attribution_method, class_scores
 
 __all__ = ["RULES", "relu_backward", "relu_rule", "deconvnet", "guided_backprop"]
 
-#: The three ReLU backward rules of equation 3.
+#: The three ReLU backward rules of equation 3 (book/equations.md).
 RULES = ("backprop", "deconvnet", "guided")
 
 
 def relu_backward(a: torch.Tensor, g: torch.Tensor, rule: str) -> torch.Tensor:
-    """Equation 3: what a ReLU passes back, given its forward input ``a`` and the incoming
+    """Equation 3 (book/equations.md): what a ReLU passes back, given its forward input ``a`` and the incoming
     signal ``g`` (same shape).
 
     * ``"backprop"``: ``g * [a > 0]`` (the chain rule);
@@ -73,7 +73,7 @@ class _FunctionalReLUDetector(TorchFunctionMode):
                      if self.stack else "in the model's forward")
             raise TypeError(
                 f"{_qualname(func)} is called {where} outside any nn.ReLU module: "
-                f"the {self.rule!r} ReLU rule (equation 3) hooks nn.ReLU modules only and cannot reach "
+                f"the {self.rule!r} ReLU rule (equation 3 (book/equations.md)) hooks nn.ReLU modules only and cannot reach "
                 "a functional ReLU, so the map would silently be a plain gradient there (Captum's "
                 "GuidedBackprop and Deconvolution do exactly that). Replace the call with an nn.ReLU "
                 "module (self.relu = nn.ReLU() in __init__).")
@@ -83,7 +83,7 @@ class _FunctionalReLUDetector(TorchFunctionMode):
 @contextmanager
 def relu_rule(model: nn.Module, rule: str):
     """Within the block, every ``nn.ReLU`` of ``model`` passes signals back by ``rule``
-    (equation 3, :func:`relu_backward`); everything else keeps its usual backward.
+    (equation 3 (book/equations.md), :func:`relu_backward`); everything else keeps its usual backward.
 
     The mechanism: a forward hook on each ``nn.ReLU`` replaces its output by the same
     values computed by a ReLU with the chosen backward (in-place ReLUs run out of place
@@ -98,7 +98,7 @@ def relu_rule(model: nn.Module, rule: str):
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
     relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
     if not relus:
-        raise ValueError(f"{type(model).__name__} has no nn.ReLU module: the {rule!r} rule of equation 3 "
+        raise ValueError(f"{type(model).__name__} has no nn.ReLU module: the {rule!r} rule of equation 3 (book/equations.md) "
                          "changes only ReLUs, so there is nothing to apply it to (the map would be a plain "
                          "gradient)")
     stack, handles = [], []
@@ -142,7 +142,7 @@ def _rule_gradient(model, x, target, rule):
 
 @attribution_method
 def deconvnet(model, x, target):
-    """Deconvnet attribution: dS_c/dx with every ReLU passing back ``max(g, 0)`` (equation 3,
+    """Deconvnet attribution: dS_c/dx with every ReLU passing back ``max(g, 0)`` (equation 3 (book/equations.md),
     deconvnet rule), (N, C, H, W) like ``x``.
 
     Max-pooling routes the signal to its forward argmax and convolutions pass it back
@@ -156,11 +156,11 @@ def deconvnet(model, x, target):
 @attribution_method
 def guided_backprop(model, x, target):
     """Guided backpropagation: dS_c/dx with every ReLU passing back ``max(g, 0) * [a > 0]``
-    (equation 3, guided rule), (N, C, H, W) like ``x``.
+    (equation 3 (book/equations.md), guided rule), (N, C, H, W) like ``x``.
 
     Springenberg, Dosovitskiy, Brox & Riedmiller (2015), "Striving for simplicity: the all
     convolutional net". Sharp maps that depend little on the weights of the upper layers
-    (Adebayo et al., 2018; equation 15). Equals Captum's ``GuidedBackprop`` on models whose
+    (Adebayo et al., 2018; equation 15 (book/equations.md)). Equals Captum's ``GuidedBackprop`` on models whose
     ReLUs are ``nn.ReLU`` modules; a functional ReLU raises ``TypeError``.
     """
     return _rule_gradient(model, x, target, "guided")

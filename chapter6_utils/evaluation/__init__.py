@@ -7,11 +7,11 @@ this module measures it, on models whose shortcut is known.
 * :data:`METHODS`, :func:`get_method`, :func:`method_maps`: a registry, so that every
   evaluation loops over methods the same way. A :class:`Method` turns its function's output
   into a 2-D map (N, H, W) and knows how to read it as evidence (:meth:`Method.evidence`).
-* :func:`model_randomization` (equation 15, Adebayo et al., 2018): the map after each
+* :func:`model_randomization` (equation 15 (book/equations.md), Adebayo et al., 2018): the map after each
   layer is re-initialised, from the output down, and its similarity to the trained map
   (:func:`spearman`, :func:`ssim`). :func:`randomization_sweep` does every method at once.
 * :func:`data_randomization`: the same comparison against a model trained on shuffled labels.
-* :func:`deletion_curve`, :func:`insertion_curve` (equation 14; Samek et al., 2017;
+* :func:`deletion_curve`, :func:`insertion_curve` (equation 14 (book/equations.md); Samek et al., 2017;
   Petsiuk et al., 2018): the class probability as pixels are removed or inserted in the
   order the map ranks them.
 * :func:`relevance_mass`, :func:`relevance_rank_accuracy`, :func:`pointing_game`

@@ -1,4 +1,4 @@
-"""Faithfulness (deletion and insertion, equation 14) and localisation against the
+"""Faithfulness (deletion and insertion, equation 14 (book/equations.md)) and localisation against the
 ground-truth masks of the lesion world."""
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def _curve(kind, model, x, target, ranking, baseline, steps, score, batch_size, 
 
 def deletion_curve(model, x, target, attribution, baseline: str = "blur", steps: int = 32,
                    score: str = "probability", batch_size: int = 8, blur_sigma: float | None = None) -> Curve:
-    """Deletion (equation 14; Samek et al., 2017; Petsiuk et al., 2018): replace pixels by
+    """Deletion (equation 14 (book/equations.md); Samek et al., 2017; Petsiuk et al., 2018): replace pixels by
     ``baseline`` in the order ``attribution`` ranks them, most important first, and track
     the target's score. A faithful map makes it fall fast: a small area under the curve.
 

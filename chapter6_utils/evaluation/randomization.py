@@ -1,4 +1,4 @@
-"""Adebayo et al.'s (2018) sanity checks: model-parameter randomisation (equation 15)
+"""Adebayo et al.'s (2018) sanity checks: model-parameter randomisation (equation 15 (book/equations.md))
 and data randomisation."""
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def _reinitialize(layer: _Layer, seed: int) -> None:
 
 def randomized_models(model: nn.Module, order: str = "cascading", seed: int = 0):
     """Yield ``(layer_name, randomised_copy)`` for each step of the sanity check, from the
-    output down (equation 15). ``"cascading"``: step k has the top k layers re-initialised;
+    output down (equation 15 (book/equations.md)). ``"cascading"``: step k has the top k layers re-initialised;
     ``"independent"``: step k has only the k-th layer from the top re-initialised. Layer j
     always gets the same fresh weights for a given ``seed`` (whatever the order). The copy
     is one object re-used between steps (evaluation mode); ``model`` is never touched."""
@@ -146,7 +146,7 @@ def randomization_sweep(model, methods, x, target, order: str = "cascading", see
 
 def model_randomization(model, method, x, target, order: str = "cascading", seed: int = 0,
                         **options) -> RandomizationResult:
-    """Adebayo et al.'s (2018) model-parameter randomisation test, equation 15.
+    """Adebayo et al.'s (2018) model-parameter randomisation test, equation 15 (book/equations.md).
 
     Re-initialises the layers of a copy of ``model`` (see :func:`randomization_layers`)
     from the output towards the input with each module's own initialisation scheme,

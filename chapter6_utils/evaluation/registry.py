@@ -167,7 +167,7 @@ def method_maps(model, x, target, methods=None, options=None) -> dict[str, torch
 # --------------------------------------------------------------------------- Table 1 columns
 def conservation_error(model, method, x, target, **options) -> torch.Tensor:
     """``|sum_i R_i - S_c(x)| / |S_c(x)|`` per image, (N,): how far the sum of the method's
-    raw output (over channels and pixels) is from the class score, equation 4. Zero for a
+    raw output (over channels and pixels) is from the class score, equation 4 (book/equations.md). Zero for a
     method that conserves; for a gradient the sum has other units and the number only
     says that nothing is conserved."""
     method = get_method(method)

@@ -27,7 +27,7 @@ def spearman(a: torch.Tensor, b: torch.Tensor, absolute: bool = True) -> torch.T
     """Spearman rank correlation between maps a[i] and b[i] over pixels, (N,).
 
     ``a``, ``b``: (N, H, W). ``absolute`` ranks |a| and |b|, as Adebayo et al. (2018) do
-    (equation 15). Ties get average ranks; a constant map gives NaN (no ranking to compare).
+    (equation 15 (book/equations.md)). Ties get average ranks; a constant map gives NaN (no ranking to compare).
     """
     if a.shape != b.shape:
         raise ValueError(f"maps have shapes {tuple(a.shape)} and {tuple(b.shape)}; expected the same (N, H, W)")

@@ -2,7 +2,7 @@
 
 * :func:`lrp` (``lrp(model, x, target, composite=..., maxpool=..., return_layers=...)``)
   and the audit :func:`conservation`: :mod:`.core`.
-* Rules (equations.md 5 to 8): :class:`Zero`, :class:`Epsilon`, :class:`Gamma`,
+* Rules (equations 5 to 8 (book/equations.md)): :class:`Zero`, :class:`Epsilon`, :class:`Gamma`,
   :class:`ZBox`, :class:`Pass`: :mod:`.rules`.
 * Composites: :func:`chapter` (the default), :func:`epsilon_gamma_box` (Zennit's
   layout), :func:`all_zero`, :func:`all_epsilon`, :class:`Composite`: :mod:`.composites`.

@@ -1,4 +1,4 @@
-"""Composites: which rule each layer gets (equations.md item 9; Montavon et al., 2019).
+"""Composites: which rule each layer gets (equation 9 (book/equations.md); Montavon et al., 2019).
 
 A :class:`Composite` sorts the layers of a canonised network by kind, in the order they
 are registered (which, for every model here, is the order of the forward pass):

@@ -1,5 +1,5 @@
 """``lrp``: Layer-wise Relevance Propagation in one forward and one backward pass, and the
-``conservation`` audit (Bach et al., 2015; Montavon et al., 2019; equations.md 4 to 9)."""
+``conservation`` audit (Bach et al., 2015; Montavon et al., 2019; equations 4 to 9 (book/equations.md))."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -131,8 +131,8 @@ def lrp(model, x, target, *, composite: Composite | None = None, maxpool: str = 
     """Layer-wise Relevance Propagation: the class score split over the input values.
 
     The score ``S_c`` (pre-softmax) is passed backward layer by layer with the rule the
-    composite gives each layer (equations 5 to 8); the input relevance sums to ``S_c``
-    minus what biases and stabilisers absorbed (equation 4; exact for LRP-0 on a
+    composite gives each layer (equations 5 to 8 (book/equations.md)); the input relevance sums to ``S_c``
+    minus what biases and stabilisers absorbed (equation 4 (book/equations.md); exact for LRP-0 on a
     bias-free ReLU network, where it equals gradient x input). Bach et al. (2015), "On
     pixel-wise explanations ... by layer-wise relevance propagation"; composites:
     Montavon et al. (2019), "Layer-wise relevance propagation: an overview".
@@ -275,7 +275,7 @@ def _by_stage(rows, stages, grads, rule_name):
 
 @attribution_method
 def conservation(model, x, target, composite=None, *, maxpool: str = "winner"):
-    """The conservation audit (equation 4): for each layer with a rule, the relevance it
+    """The conservation audit (equation 4 (book/equations.md)): for each layer with a rule, the relevance it
     receives and passes on and what its bias and stabiliser absorbed, as a
     :class:`ConservationTable`. Between these layers relevance passes unchanged
     (ReLU, flatten, winner-take-all max-pooling, residual sums), so

@@ -1,4 +1,4 @@
-"""LRP rules as small objects (equations.md, items 5 to 8).
+"""LRP rules as small objects (equations 5 to 8 (book/equations.md)).
 
 How a rule runs. LRP is computed here as a *modified gradient*: in one forward pass every
 hooked layer returns its own output ``z`` unchanged in value, but with a gradient that the
@@ -23,7 +23,7 @@ Conventions (chosen to match Zennit 0.5.1, the reference the tests compare again
   explained by ``x+ (w + g w+)`` and ``x- (w + g w-)``, negative outputs by
   ``x+ (w + g w-)`` and ``x- (w + g w+)``; the bias is modified like the weights
   (``b + g b+`` in the positive, ``b + g b-`` in the negative denominator), so it
-  absorbs relevance. For non-negative inputs (after a ReLU) it is equation 7.
+  absorbs relevance. For non-negative inputs (after a ReLU) it is equation 7 (book/equations.md).
 * z^B leaves the bias out of its denominator (Zennit's three biases cancel), so it
   conserves up to the stabiliser.
 """
@@ -112,7 +112,7 @@ class Pass(Rule):
 
 
 class Epsilon(Rule):
-    """LRP-epsilon, equation 6: ``R_i = sum_j a_i w_ij / (z_j + eps sign z_j) R_j``
+    """LRP-epsilon, equation 6 (book/equations.md): ``R_i = sum_j a_i w_ij / (z_j + eps sign z_j) R_j``
     (Bach et al., 2015). ``z_j`` includes the bias, so bias and epsilon absorb relevance.
     Also used (no weights) for average pooling and residual sums: the proportional split
     ``R_i = a_i / z_j R_j`` with a small stabiliser."""
@@ -128,7 +128,7 @@ class Epsilon(Rule):
 
 
 class Zero(Epsilon):
-    """LRP-0, equation 5: ``R_i = sum_j a_i w_ij / z_j R_j`` (Bach et al., 2015)."""
+    """LRP-0, equation 5 (book/equations.md): ``R_i = sum_j a_i w_ij / z_j R_j`` (Bach et al., 2015)."""
 
     def __init__(self):
         super().__init__(0.0)
@@ -136,7 +136,7 @@ class Zero(Epsilon):
 
 
 class Gamma(Rule):
-    """LRP-gamma, equation 7: ``R_i = sum_j a_i (w_ij + g w+_ij) / sum_i' a_i' (w_i'j + g w+_i'j) R_j``
+    """LRP-gamma, equation 7 (book/equations.md): ``R_i = sum_j a_i (w_ij + g w+_ij) / sum_i' a_i' (w_i'j + g w+_i'j) R_j``
     (Montavon et al., 2019), in Zennit's generalised form for signed inputs and outputs
     (see the module docstring). ``stabiliser`` only keeps denominators off zero."""
 
@@ -168,7 +168,7 @@ class Gamma(Rule):
 
 
 class ZBox(Rule):
-    """The z^B rule for the input layer, equation 8 (Montavon et al., 2017):
+    """The z^B rule for the input layer, equation 8 (book/equations.md) (Montavon et al., 2017):
     ``R_i = sum_j (x_i w_ij - l_i w+_ij - h_i w-_ij) / sum_i' (...) R_j`` for pixels with
     ``l_i <= x_i <= h_i``. ``low``/``high``: floats or tensors broadcastable to x, in
     the space the network sees (normalised: see ``data.pixel_bounds``); None takes
@@ -211,7 +211,7 @@ class ZBox(Rule):
 
 
 class MaxAsAverage(Rule):
-    """Max-pooling explained as average pooling (equations.md item 9): the forward value
+    """Max-pooling explained as average pooling (equation 9 (book/equations.md)): the forward value
     stays the maximum, relevance is split over the window in proportion to the inputs,
     ``R_i = sum_j a_i / sum_{i' in window j} a_i' R_j``."""
 

@@ -18,10 +18,26 @@ def projection_view(model, images, layer, channel: int, k: int = 9):
     return top_activations(model, images, layer, int(channel), k=int(k))
 
 
-def _patch_rows(fig, gs, row, top, percentile, label):
-    """Patches (row ``row``) and channel-summed projections (row ``row + 1``) of one
-    feature in the first k columns of ``gs``; the projections share one symmetric scale
-    and one colorbar, in the last (narrow) column."""
+#: How a projection is drawn: "rgb", as Zeiler and Fergus showed theirs, a colour image per
+#: patch with its own contrast; "signed", the channel sum on one diverging scale per feature.
+PROJECTION_STYLES = ("rgb", "signed")
+
+
+def projection_rgb(projection, percentile: float = viz.PERCENTILE):
+    """One (C, h, w) projection as an (h, w, 3) colour image with its own contrast: 0 is
+    mid-grey and +-(the ``percentile``-th percentile of |value|) the ends of each
+    channel's range, so the pattern's colours and edges show whatever its strength."""
+    p = projection.detach().cpu().float()
+    if p.dim() == 3 and p.shape[0] == 1:
+        p = p.expand(3, -1, -1)
+    v = viz.robust_max(p, percentile)
+    return viz.as_image(0.5 + 0.5 * p / v)
+
+
+def _patch_rows(fig, gs, row, top, percentile, label, style):
+    """Patches (row ``row``) and their projections (row ``row + 1``) of one feature in
+    the first k columns of ``gs``. ``style="signed"``: channel sums on one symmetric
+    scale with a colorbar in the last (narrow) column; ``"rgb"``: :func:`projection_rgb`."""
     maps = [viz.to_map(p) for p in top.projection_patch]
     v = max(viz.robust_max(m, percentile) for m in maps) if maps else 1.0
     im = None
@@ -34,7 +50,10 @@ def _patch_rows(fig, gs, row, top, percentile, label):
         if j == 0:
             ax.set_ylabel(label, fontsize=8)
         ax = fig.add_subplot(gs[row + 1, j])
-        im = ax.imshow(m.numpy(), cmap=viz.DIVERGING_CMAP, vmin=-v, vmax=v, interpolation="nearest")
+        if style == "rgb":
+            ax.imshow(projection_rgb(top.projection_patch[j], percentile), interpolation="nearest")
+        else:
+            im = ax.imshow(m.numpy(), cmap=viz.DIVERGING_CMAP, vmin=-v, vmax=v, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
         if j == 0:
@@ -45,13 +64,22 @@ def _patch_rows(fig, gs, row, top, percentile, label):
         cb.set_label(viz.scaling_note(True, percentile, short=True), fontsize=6)
 
 
-_PROJECTION_CAPTION = ("Top: the receptive-field patches of the k strongest activations (image index: activation). "
-                       "Bottom: their Zeiler-Fergus projections to the pixels (deconvnet: unpool to the switches, "
-                       "ReLU, transposed convolution), summed over colour channels; signed, red +, blue −, white 0, "
-                       "one symmetric scale per feature, limits ±{pct} of |value| over its patches.")
+_PROJECTION_CAPTION = {
+    "signed": ("Top: the receptive-field patches of the k strongest activations (image index: activation). "
+               "Bottom: their Zeiler-Fergus projections to the pixels (deconvnet: unpool to the switches, "
+               "ReLU, transposed convolution), summed over colour channels; signed, red +, blue −, white 0, "
+               "one symmetric scale per feature, limits ±{pct} of |value| over its patches."),
+    "rgb": ("Top: the receptive-field patches of the k strongest activations (image index: activation). "
+            "Bottom: their Zeiler-Fergus projections to the pixels (deconvnet: unpool to the switches, "
+            "ReLU, transposed convolution) shown as colour images, as Zeiler and Fergus did: each patch "
+            "with its own contrast, mid-grey 0 and ±{pct} of its |value| the ends of each colour "
+            "channel's range. Colours and edges show the pattern; its strength is the activation above."),
+}
 
 
-def _patch_figure(tops, title, percentile, size):
+def _patch_figure(tops, title, percentile, size, style="rgb"):
+    if style not in PROJECTION_STYLES:
+        raise ValueError(f"style must be one of {PROJECTION_STYLES}, got {style!r}")
     # A fixed grid rather than constrained layout: with dozens of small panels the layout
     # engine takes seconds to draw, and every panel here has the same size anyway.
     k = max(max(len(t.patch) for t in tops), 1)
@@ -61,17 +89,19 @@ def _patch_figure(tops, title, percentile, size):
     gs = fig.add_gridspec(rows, k + 1, width_ratios=[1] * k + [0.12], left=0.6 / width, right=1 - 0.55 / width,
                           top=1 - 0.45 / height, bottom=0.75 / height, wspace=0.15, hspace=0.3)
     for i, top in enumerate(tops):
-        _patch_rows(fig, gs, 2 * i, top, percentile, f"{top.layer}:{top.channel}")
+        _patch_rows(fig, gs, 2 * i, top, percentile, f"{top.layer}:{top.channel}", style)
     fig.suptitle(title, fontsize=9, y=1 - 0.1 / height, va="top")
-    fig.text(0.02, 0.05 / height, textwrap.fill(_PROJECTION_CAPTION.format(pct=viz._pct(percentile)),
+    fig.text(0.02, 0.05 / height, textwrap.fill(_PROJECTION_CAPTION[style].format(pct=viz._pct(percentile)),
                                                 int(width * 15)), fontsize=7, va="bottom")
     return fig
 
 
-def projection_figure(top, title: str | None = None, percentile: float = viz.PERCENTILE, size: float = 1.0):
-    """One feature's top patches over their projections, as a new Figure (pure)."""
+def projection_figure(top, title: str | None = None, percentile: float = viz.PERCENTILE, size: float = 1.0,
+                      style: str = "rgb"):
+    """One feature's top patches over their projections, as a new Figure (pure);
+    ``style``: ``"rgb"`` or ``"signed"`` (see ``PROJECTION_STYLES``)."""
     return _patch_figure([top], title or f"Feature {top.channel} of {top.layer}: top {len(top.patch)} patches "
-                         "and their projections", percentile, size)
+                         "and their projections", percentile, size, style)
 
 
 def projection_explorer(model, images, layers, max_channel: int | None = None, k: int = 9):
@@ -102,9 +132,11 @@ def projection_explorer(model, images, layers, max_channel: int | None = None, k
     return explorer(compute, figure, layer=layer_w, channel=channel_w)
 
 
-def projection_grid(model, images, features, k: int = 9, percentile: float = viz.PERCENTILE, size: float = 0.9):
+def projection_grid(model, images, features, k: int = 9, percentile: float = viz.PERCENTILE, size: float = 0.9,
+                    style: str = "rgb"):
     """The static twin of :func:`projection_explorer`: for each ``(layer, channel)`` of
-    ``features``, a row of its top-``k`` patches over a row of their projections."""
+    ``features``, a row of its top-``k`` patches over a row of their projections
+    (``style``: ``"rgb"`` or ``"signed"``, see ``PROJECTION_STYLES``)."""
     tops = [projection_view(model, images, layer, channel, k) for layer, channel in features]
     return _patch_figure(tops, f"Deconvnet features: top {k} patches (rows 1, 3, ...) and their projections",
-                         percentile, size)
+                         percentile, size, style)
