@@ -5,11 +5,15 @@
 #   2. nbval on notebooks/, book/    every notebook runs top to bottom without error;
 #                                    cells marked "# NBVAL_CHECK_OUTPUT" must reproduce
 #                                    their stored text output
-#   3. the book build with -W        zero Sphinx warnings, every notebook executes
+#   3. the book build with -W        zero Sphinx warnings, every notebook executes; then the
+#                                    downloads (notebooks zip, whole-book PDF)
 #   4. the browser check             headless Chromium opens every built page; fails on a
-#                                    missing image, a notebook page without its figures or
-#                                    a broken link inside the book; screenshots of every
-#                                    notebook page in _build/screenshots/
+#                                    missing image, a notebook page without its figures, a
+#                                    broken link inside the book, TeX not rendered, anything
+#                                    loaded from another host, a dead widget, a theme defect;
+#                                    screenshots in _build/screenshots/
+#
+# Not here (too long for CI's budget): bash scripts/test_floors.sh, before each release.
 #
 #   bash scripts/test.sh
 #
