@@ -58,10 +58,12 @@ def test_every_declared_dependency_has_a_floor_and_the_known_false_ones_are_gone
         return tuple(int(x) for x in v.split("."))
 
     # timm.layers.Attention (attention.py) exists from timm 1.0.16; ipywidgets 7.6.0-7.6.3 import
-    # ipython_genutils without declaring it; Figure.get_supxlabel (tests) is matplotlib 3.8.
+    # ipython_genutils without declaring it; Figure.get_supxlabel (tests) is matplotlib 3.8;
+    # the tests hand nbformat Paths and let it make cell ids.
     assert version(pins["timm"]) >= (1, 0, 16)
     assert version(pins["ipywidgets"]) >= (7, 6, 4)
     assert version(pins["matplotlib"]) >= (3, 8)
+    assert version(pins["nbformat"]) >= (5, 1, 3)  # 5.0.x cannot read a Path; 5.1.0-5.1.2 fail on Python 3.11
     # Colab's torch 2.11 / torchvision 0.26 must stay inside the ranges (never reinstalled there)
     assert version(pins["torch"]) <= (2, 11) and version(pins["torchvision"]) <= (0, 26)
 
