@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Open every page of the built book in headless Chromium and check what a reader sees.
+r"""Open every page of the built book in headless Chromium and check what a reader sees.
 
     python scripts/browser_check.py                  # checks _build/html, screenshots to _build/screenshots
     python scripts/browser_check.py --html DIR --screenshots DIR
@@ -11,14 +11,22 @@ Chromium loads the page from disk and reports each ``<img>``: the check fails wh
 * a notebook page shows no figure, or fewer figures than its executed notebook produced
   (``_build/html/_sources/...`` or ``_build/jupyter_execute/...``): the sign of a build whose
   kernels ran with a non-inline matplotlib backend, or of outputs dropped on the way;
-* a link to another page of the book points at a missing file or a missing ``#anchor``.
+* a link to another page of the book points at a missing file or a missing ``#anchor``;
+* a page loads anything (script, style sheet, font, image) from another host, or names a
+  script from another host in its HTML: the book must read the same offline;
+* maths: raw TeX delimiters (``\(``, ``\[``, ``$$``, ``\begin{``...) are visible, a formula of
+  the source (Sphinx's ``span.math`` / ``div.math``) was not rendered by MathJax, or MathJax
+  reports a TeX error in one;
+* a page shows a Jupyter widget (a dead slider: the book has no kernel);
+* the theme: a page shows more than one search field, or clicking the "Toggle primary
+  sidebar" button does not hide the primary sidebar.
 
-Images from other hosts (none are expected) are listed but not required to load, since the
-check must pass offline. Each notebook page is saved twice under the screenshot folder:
-``<page>.png`` (the whole page, capped in height) and ``<page>-figure.png`` (the window
-around the first figure). Nothing but the Python standard library and Debian's ``chromium``
-is used: Chromium is driven over its DevTools protocol through a pipe
-(``--remote-debugging-pipe``).
+Each notebook page is saved twice under the screenshot folder: ``<page>.png`` (the whole
+page, capped in height) and ``<page>-figure.png`` (the window around the first figure);
+each page with formulas also as ``<page>-maths.png`` (the window around its first display
+formula, or its first formula). Nothing but the Python standard library and a Chromium is
+used: ``scripts/headless_chromium.py`` drives it over its DevTools protocol through a pipe
+(``--remote-debugging-pipe``), the same browser that prints the whole-book PDF.
 
 When no Chromium is installed the check prints a loud warning and exits 0, unless
 ``BROWSER_CHECK_REQUIRED=1`` (set in CI) makes it fail. ``scripts/setup.sh`` installs
@@ -28,22 +36,19 @@ Debian's ``chromium`` where apt-get can be used.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from headless_chromium import CANDIDATES, HEIGHT, Chromium, find_chromium  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 SKIP_DIRS = {"_static", "_sources", "_images", "_sphinx_design_static", "_panels_static"}
-CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-WIDTH, HEIGHT = 1280, 900
 MAX_FULL_HEIGHT = 16000  # px: longer pages are cut in the full-page screenshot
 
 # Run in the page: make lazy images load, wait for every image, then report images,
@@ -74,6 +79,68 @@ PAGE_REPORT_JS = r"""
 """
 
 
+# Wait for MathJax (when the page loads it), then report every formula of the source and
+# whether it was rendered, TeX errors, TeX left visible as text, and widget views.
+MATHS_REPORT_JS = r"""
+(async () => {
+  const mj = window.MathJax;
+  if (mj && mj.startup && mj.startup.promise) {
+    await Promise.race([mj.startup.promise, new Promise(r => setTimeout(r, 20000))]);
+  }
+  const sources = Array.from(document.querySelectorAll(".math"));
+  const unrendered = sources.filter(e => !e.querySelector("mjx-container, .MathJax, .katex"))
+      .map(e => e.textContent.trim().slice(0, 80));
+  const errors = Array.from(document.querySelectorAll("mjx-merror, .MathJax_Error"))
+      .map(e => (e.getAttribute("data-mjx-error") || e.textContent).slice(0, 80));
+  const skip = "pre, code, kbd, samp, script, style, textarea, mjx-container, .highlight, .math";
+  const raw = /\\\(|\\\)|\\\[|\\\]|\$\$|\\(begin|end)\{|\\(frac|mathbf|mathrm|sum|partial|cdot|sqrt|left|right)\b/;
+  const visibleTex = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+    const parent = n.parentElement;
+    if (!parent || parent.closest(skip)) continue;
+    const m = n.textContent.match(raw);
+    if (m) {
+      const i = n.textContent.indexOf(m[0]);
+      visibleTex.push(n.textContent.slice(Math.max(0, i - 30), i + 50).replace(/\s+/g, " "));
+    }
+  }
+  const display = document.querySelector("div.math mjx-container, mjx-container[display=true]");
+  const first = display || document.querySelector("mjx-container");
+  if (first) { first.scrollIntoView({block: "center"}); }
+  const widgets = document.querySelectorAll(
+      'script[type="application/vnd.jupyter.widget-view+json"], .jupyter-widgets, .widget-area, .jp-OutputArea-output .widget-box');
+  return {formulas: sources.length, rendered: sources.length - unrendered.length, unrendered,
+          errors, visibleTex: visibleTex.slice(0, 5), widgets: widgets.length, mathjax: !!mj};
+})()
+"""
+
+# The theme: visible search fields, and what "Toggle primary sidebar" does to the sidebar.
+THEME_REPORT_JS = r"""
+(async () => {
+  const shown = e => { const r = e.getBoundingClientRect(), s = getComputedStyle(e);
+                       return r.width > 0 && r.height > 0 && s.visibility !== "hidden" && s.display !== "none"
+                              && r.right > 0 && r.bottom > 0 && r.left < innerWidth; };
+  const fields = Array.from(document.querySelectorAll('input[type=search], input[name=q], .search-button-field'))
+      .filter(e => shown(e) && !e.closest("article, .bd-article, .bd-search-container"));  // search.html has its own
+  const sidebar = document.querySelector("#pst-primary-sidebar, .bd-sidebar-primary");
+  const toggle = Array.from(document.querySelectorAll(
+      'button.primary-toggle, label.primary-toggle, [title="Toggle primary sidebar"], [aria-label="Toggle primary sidebar"]'))
+      .find(shown);
+  const report = {searchFields: fields.length, sidebar: !!sidebar, toggle: !!toggle,
+                  sidebarShownBefore: !!sidebar && shown(sidebar), sidebarShownAfter: null, restored: null};
+  if (sidebar && toggle) {
+    toggle.click();
+    await new Promise(r => setTimeout(r, 600));
+    report.sidebarShownAfter = shown(sidebar);
+    toggle.click();  // put it back, for what follows
+    await new Promise(r => setTimeout(r, 600));
+    report.restored = shown(sidebar);
+  }
+  return report;
+})()
+"""
+
 UNFOLD_JS = r"""
 (async () => {
   document.querySelectorAll("button.toggle-button.toggle-button-hidden").forEach(b => b.click());
@@ -89,150 +156,6 @@ FIRST_FIGURE_JS = r"""
   return new Promise(r => setTimeout(r, 200));
 })()
 """
-
-
-class Chromium:
-    """A headless Chromium driven over the DevTools protocol through a pipe (fds 3 and 4)."""
-
-    def __init__(self, binary: str, timeout: float = 60.0):
-        self.timeout = timeout
-        self._profile = tempfile.mkdtemp(prefix="browser-check-")
-        to_browser_r, self._to_browser = os.pipe()
-        self._from_browser, from_browser_w = os.pipe()
-
-        def wire_pipes():  # runs in the child: the protocol expects fd 3 (in) and fd 4 (out)
-            r, w = os.dup(to_browser_r), os.dup(from_browser_w)  # above 4, whatever the originals were
-            os.dup2(r, 3)
-            os.dup2(w, 4)
-            os.set_inheritable(3, True)
-            os.set_inheritable(4, True)
-
-        args = [binary, "--headless=new", "--remote-debugging-pipe", f"--user-data-dir={self._profile}",
-                "--disable-gpu", "--no-first-run", "--no-default-browser-check", "--disable-extensions",
-                "--disable-background-networking", "--disable-sync", "--mute-audio", "--hide-scrollbars",
-                "--allow-file-access-from-files", f"--window-size={WIDTH},{HEIGHT}", "about:blank"]
-        if hasattr(os, "geteuid") and os.geteuid() == 0:
-            args.insert(1, "--no-sandbox")  # Chromium refuses to start its sandbox as root
-        # Chromium's own log goes to a file: an unread pipe could fill up and stall it.
-        self._log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=self._log,
-                                     preexec_fn=wire_pipes, close_fds=False)
-        os.close(to_browser_r)
-        os.close(from_browser_w)
-        self._buffer = b""
-        self._next_id = 0
-        self._events: list[dict] = []
-
-    # -- protocol -----------------------------------------------------------------------
-    def _read_message(self, deadline: float) -> dict:
-        import select
-
-        while b"\0" not in self._buffer:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("Chromium did not answer in time")
-            ready, _, _ = select.select([self._from_browser], [], [], left)
-            if ready:
-                chunk = os.read(self._from_browser, 1 << 20)
-                if not chunk:
-                    self._log.seek(0)
-                    err = self._log.read().decode(errors="replace")[-2000:]
-                    raise RuntimeError(f"Chromium closed the DevTools pipe (exit {self.proc.poll()}):\n{err}")
-                self._buffer += chunk
-        raw, self._buffer = self._buffer.split(b"\0", 1)
-        return json.loads(raw)
-
-    def send(self, method: str, params: dict | None = None, session: str | None = None,
-             timeout: float | None = None) -> dict:
-        self._next_id += 1
-        msg = {"id": self._next_id, "method": method, "params": params or {}}
-        if session:
-            msg["sessionId"] = session
-        os.write(self._to_browser, json.dumps(msg).encode() + b"\0")
-        deadline = time.monotonic() + (timeout or self.timeout)
-        while True:
-            reply = self._read_message(deadline)
-            if reply.get("id") == self._next_id:
-                if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error']}")
-                return reply.get("result", {})
-            self._events.append(reply)
-
-    def wait_event(self, method: str, session: str, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while True:
-            for i, ev in enumerate(self._events):
-                if ev.get("method") == method and ev.get("sessionId") == session:
-                    del self._events[: i + 1]
-                    return True
-            try:
-                self._events.append(self._read_message(deadline))
-            except TimeoutError:
-                return False
-
-    # -- pages ---------------------------------------------------------------------------
-    def open_tab(self) -> str:
-        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-        session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        self.send("Page.enable", session=session)
-        self.send("Runtime.enable", session=session)
-        self.send("Emulation.setDeviceMetricsOverride",
-                  {"width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": False}, session=session)
-        return session
-
-    def load(self, session: str, url: str, timeout: float) -> bool:
-        self._events.clear()
-        self.send("Page.navigate", {"url": url}, session=session)
-        return self.wait_event("Page.loadEventFired", session, timeout)
-
-    def evaluate(self, session: str, expression: str, timeout: float = 30.0):
-        result = self.send("Runtime.evaluate", {"expression": expression, "awaitPromise": True,
-                                                "returnByValue": True}, session=session, timeout=timeout)
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"page script failed: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    def screenshot(self, session: str, path: Path, full_height: int | None = None) -> None:
-        """The window as it is scrolled now, or (``full_height``) the page from the top with
-        the window made that tall (a clip beyond the viewport shifts the book's layout)."""
-        if full_height is not None:
-            self.send("Emulation.setDeviceMetricsOverride", {"width": WIDTH, "height": full_height,
-                                                            "deviceScaleFactor": 1, "mobile": False},
-                      session=session)
-            self.evaluate(session, "window.scrollTo(0, 0); new Promise(r => setTimeout(r, 300))")
-        try:
-            data = self.send("Page.captureScreenshot", {"format": "png"}, session=session, timeout=120)["data"]
-        finally:
-            if full_height is not None:
-                self.send("Emulation.setDeviceMetricsOverride", {"width": WIDTH, "height": HEIGHT,
-                                                                "deviceScaleFactor": 1, "mobile": False},
-                          session=session)
-        path.write_bytes(base64.b64decode(data))
-
-    def close(self) -> None:
-        try:
-            self.send("Browser.close", timeout=5)
-        except Exception:  # noqa: BLE001 -- closing anyway
-            pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        for fd in (self._to_browser, self._from_browser):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        shutil.rmtree(self._profile, ignore_errors=True)
-        self._log.close()
-
-
-def find_chromium() -> str | None:
-    for name in [os.environ.get("CHROMIUM", "")] + list(CANDIDATES):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
 
 
 def html_pages(html: Path) -> list[Path]:
@@ -272,7 +195,58 @@ def executed_figures(html: Path, page: Path) -> int | None:
     return None
 
 
+LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:", "chrome:", "chrome-extension:", "devtools:")
+
+
+def external_requests(requests: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The requests a page made to other hosts (the book must need none of them offline)."""
+    return sorted({(kind, url) for kind, url in requests if not url.startswith(LOCAL_SCHEMES)})
+
+
+_EXTERNAL_TAG = re.compile(r"""<(?:script|link)\b[^>]*?\b(?:src|href)=["']((?:https?:)?//[^"']+)["'][^>]*>""", re.I)
+
+
+def external_tags(text: str) -> list[str]:
+    """URLs on other hosts that a page's HTML loads as scripts or style sheets (``<script src>``,
+    ``<link rel=stylesheet|preload|modulepreload href>``): found in the file, whether or not
+    the browser got as far as requesting them."""
+    urls = []
+    for match in _EXTERNAL_TAG.finditer(text):
+        tag = match.group(0).lower()
+        if tag.startswith("<script") or re.search(r"rel=[\"']?(stylesheet|preload|modulepreload)", tag):
+            urls.append(match.group(1))
+    return urls
+
+
+def maths_problems(rel: str, maths: dict) -> list[str]:
+    """Formulas a reader cannot read: TeX shown as text, formulas MathJax did not render, TeX errors."""
+    problems = [f"{rel}: raw TeX visible: ...{snippet}..." for snippet in maths["visibleTex"]]
+    if maths["unrendered"]:
+        why = "" if maths["mathjax"] else " (no MathJax on the page)"
+        problems.append(f"{rel}: {len(maths['unrendered'])} of {maths['formulas']} formulas not rendered{why}, "
+                        f"first: {maths['unrendered'][0]!r}")
+    problems += [f"{rel}: TeX error in a formula: {e}" for e in maths["errors"]]
+    if maths["widgets"]:
+        problems.append(f"{rel}: {maths['widgets']} Jupyter widget view(s) on the page: a dead widget in a "
+                        "static book (tag the explorer cell remove-output; its static grid stands in)")
+    return problems
+
+
+def theme_problems(rel: str, theme: dict) -> list[str]:
+    """One search field at most; the primary-sidebar toggle, where there is one, must hide the sidebar."""
+    problems = []
+    if theme["searchFields"] > 1:
+        problems.append(f"{rel}: {theme['searchFields']} search fields shown (one expected)")
+    if theme["sidebar"] and theme["sidebarShownBefore"]:
+        if not theme["toggle"]:
+            problems.append(f"{rel}: a primary sidebar but no visible 'Toggle primary sidebar' button")
+        elif theme["sidebarShownAfter"]:
+            problems.append(f"{rel}: clicking 'Toggle primary sidebar' did not hide the sidebar")
+    return problems
+
+
 def check(html: Path, shots: Path, page_timeout: float = 60.0, binary: str | None = None) -> int:
+    html = html.resolve()
     pages = html_pages(html)
     if not pages:
         print(f"browser_check: FAILED: no HTML pages under {html} (build the book first)")
@@ -301,15 +275,23 @@ def check(html: Path, shots: Path, page_timeout: float = 60.0, binary: str | Non
             report = browser.evaluate(session, PAGE_REPORT_JS, timeout=page_timeout)
             reports[page] = report
             local = [i for i in report["images"] if i["src"].startswith(("file:", "data:"))]
-            remote = [i for i in report["images"] if not i["src"].startswith(("file:", "data:"))]
             broken = [i["src"] for i in local if not i["ok"]]
             for src in broken:
                 failures.append(f"{rel}: image did not load: {src}")
             figures = [i for i in local if i["ok"] and i["output"] and not i["removed"]]
             expected = executed_figures(html, page)
+            stem = page.relative_to(html).with_suffix("").as_posix().replace("/", "__")
             line = f"  {rel}: {len(local) - len(broken)}/{len(local)} images loaded"
-            if remote:
-                line += f", {len(remote)} from other hosts (not checked offline)"
+            maths = browser.evaluate(session, MATHS_REPORT_JS, timeout=page_timeout)
+            failures += maths_problems(rel, maths)
+            if maths["formulas"]:
+                line += f", {maths['rendered']}/{maths['formulas']} formulas rendered"
+                browser.evaluate(session, "new Promise(r => setTimeout(r, 200))")
+                browser.screenshot(session, shots / f"{stem}-maths.png")
+            failures += [f"{rel}: loads {kind.lower()} from another host: {url}"
+                         for kind, url in external_requests(browser.requests)]
+            failures += [f"{rel}: names a script or style sheet on another host: {url}"
+                         for url in external_tags(page.read_text(encoding="utf-8", errors="replace"))]
             if expected is not None:
                 line += f", {len(figures)} figures shown / {expected} produced"
                 # Every chapter notebook draws figures; other notebook pages (the model
@@ -318,13 +300,17 @@ def check(html: Path, shots: Path, page_timeout: float = 60.0, binary: str | Non
                     failures.append(f"{rel}: notebook page shows no figure (executed notebook produced {expected})")
                 elif len(figures) < expected:
                     failures.append(f"{rel}: {len(figures)} figures shown, {expected} produced by the notebook")
-                stem = page.relative_to(html).with_suffix("").as_posix().replace("/", "__")
                 # Open folded content (solutions are dropdowns) so the screenshots show it.
                 browser.evaluate(session, UNFOLD_JS)
                 height = browser.evaluate(session, "document.documentElement.scrollHeight") or HEIGHT
                 browser.screenshot(session, shots / f"{stem}.png", full_height=min(int(height), MAX_FULL_HEIGHT))
                 browser.evaluate(session, FIRST_FIGURE_JS)
                 browser.screenshot(session, shots / f"{stem}-figure.png")
+            theme = browser.evaluate(session, THEME_REPORT_JS, timeout=page_timeout)
+            failures += theme_problems(rel, theme)
+            line += f", {theme['searchFields']} search field(s)"
+            if theme["toggle"]:
+                line += ", sidebar toggle " + ("hides" if theme["sidebarShownAfter"] is False else "does NOT hide")
             print(line)
     finally:
         browser.close()
@@ -351,7 +337,8 @@ def check(html: Path, shots: Path, page_timeout: float = 60.0, binary: str | Non
         for f in failures:
             print(f"  - {f}")
         return 1
-    print(f"browser_check: OK: {len(pages)} pages, every image loaded, every notebook page shows its figures")
+    print(f"browser_check: OK: {len(pages)} pages, every image loaded, every notebook page shows its figures, "
+          "every formula rendered, nothing loaded from another host")
     return 0
 
 

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Build the Jupyter Book (JB 1) into _build/html, executing every notebook.
+# Build the Jupyter Book (JB 1) into _build/html, executing every notebook, then the
+# readers' downloads (scripts/make_downloads.py: a zip of the notebooks and the whole-book PDF,
+# in _build/html/downloads/, linked from the intro page).
 #
 #   bash scripts/build_book.sh                 # set up .venv, then build everything
 #   bash scripts/build_book.sh --skip-setup    # build only (used by scripts/test.sh)
 #   bash scripts/build_book.sh --incremental   # reuse _build: only changed pages are
 #                                              # re-read and re-executed
+#   bash scripts/build_book.sh --no-downloads  # the HTML only
 #
 # Sphinx warnings are errors (-W), broken references are reported (-n), and
 # --keep-going reports every warning before failing. Exit status is non-zero on any
@@ -15,12 +18,14 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 SETUP=1
+DOWNLOADS=1
 ALL=(--all)
 for arg in "$@"; do
     case "$arg" in
         --skip-setup) SETUP=0 ;;
         --incremental) ALL=() ;;
-        -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        --no-downloads) DOWNLOADS=0 ;;
+        -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "build_book.sh: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -49,4 +54,7 @@ if [[ ! -f _build/html/index.html ]]; then
     echo "build_book: FAILED: _build/html/index.html was not produced (${elapsed} s)" >&2
     exit 1
 fi
-echo "build_book: OK in ${elapsed} s -> $PWD/_build/html/index.html"
+if [[ $DOWNLOADS == 1 ]]; then
+    .venv/bin/python scripts/make_downloads.py
+fi
+echo "build_book: OK in $(( $(date +%s) - start )) s -> $PWD/_build/html/index.html"

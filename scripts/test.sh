@@ -9,11 +9,15 @@
 #                                    against local stand-ins for the download hosts, so
 #                                    the pretrained path (download, cache, hash, safe load,
 #                                    class names, DINO's heads) runs (scripts/rehearse_online.py)
-#   4. the book build with -W        zero Sphinx warnings, every notebook executes
+#   4. the book build with -W        zero Sphinx warnings, every notebook executes; then the
+#                                    downloads (notebooks zip, whole-book PDF)
 #   5. the browser check             headless Chromium opens every built page; fails on a
-#                                    missing image, a notebook page without its figures or
-#                                    a broken link inside the book; screenshots of every
-#                                    notebook page in _build/screenshots/
+#                                    missing image, a notebook page without its figures, a
+#                                    broken link inside the book, TeX not rendered, anything
+#                                    loaded from another host, a dead widget, a theme defect;
+#                                    screenshots in _build/screenshots/
+#
+# Not here (too long for CI's budget): bash scripts/test_floors.sh, before each release.
 #
 #   bash scripts/test.sh
 #
