@@ -162,6 +162,7 @@ def token_layout(model: nn.Module) -> tuple[int, object]:
     for heads that read no fixed average of tokens (``"max"``, ``"avgmax"``, attention
     pooling ``"map"``, none).
     """
+    checks.instance(model, "model", nn.Module, "a timm VisionTransformer")
     prefix = int(getattr(model, "num_prefix_tokens", 1))
     pool = getattr(model, "global_pool", "token")
     name = type(model).__name__

@@ -124,6 +124,8 @@ def lrp(model, x, target, *, composite: Composite | None = None, maxpool: str = 
     max-pooling is winner-take-all unless ``maxpool="average"``; a merged BatchNorm
     becomes the identity (Zennit leaves ``x / sqrt(1 + eps)``: see ``lrp.canonize``).
     """
+    if not isinstance(return_layers, bool):
+        raise TypeError(f"return_layers must be True or False, got {return_layers!r}")
     scores, ctx = _forward(model, x, target, composite, maxpool, return_layers)
     leaves = [ctx.input] + ctx.extra_leaves
     if not return_layers:
