@@ -46,7 +46,7 @@ class Flow:
         return entry[2]
 
     def run(self, model, x):
-        names = {m: n for n, m in model.named_modules() if not list(m.children())}
+        names = _leaves(model)
 
         def before(module, args):
             self._pending[module] = [self.source(a) for a in args if isinstance(a, torch.Tensor)]
@@ -63,17 +63,27 @@ class Flow:
                     self.calls[s].readers.append(index)
             self._mark(output, index)
 
-        handles = [m.register_forward_pre_hook(before) for m in names]
-        handles += [m.register_forward_hook(after) for m in names]
-        try:
-            self._mark(x, -1)
-            with torch.no_grad():
-                out = model(x)
-        finally:
-            for h in handles:
-                h.remove()
+        self._mark(x, -1)
+        out = _run_hooked(model, x, names, before, after)
         self.output_source = self.source(out)
         return out
+
+
+def _leaves(model):
+    return {m: n for n, m in model.named_modules() if not list(m.children())}
+
+
+def _run_hooked(model, x, modules, pre=None, post=None):
+    """``model(x)`` without gradients, with ``pre``/``post`` hooked on ``modules`` for
+    this one pass (removed afterwards, also on error)."""
+    handles = [m.register_forward_pre_hook(pre) for m in modules] if pre else []
+    handles += [m.register_forward_hook(post) for m in modules] if post else []
+    try:
+        with torch.no_grad():
+            return model(x)
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def tolerance(dtype) -> float:
@@ -97,18 +107,10 @@ def parting(a, b) -> float:
 def outputs(model, x):
     """{leaf name: [output of each call]} of one forward pass (copies: later in-place ops
     must not change them)."""
-    seen, handles = {}, []
-    for name, m in model.named_modules():
-        if not list(m.children()):
-            handles.append(m.register_forward_hook(
-                lambda mod, args, out, name=name: seen.setdefault(name, []).append(
-                    out.detach().clone() if isinstance(out, torch.Tensor) else out)))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    names, seen = _leaves(model), {}
+
+    def keep(module, args, out):
+        seen.setdefault(names[module], []).append(out.detach().clone() if isinstance(out, torch.Tensor) else out)
+
+    _run_hooked(model, x, names, post=keep)
     return seen
-
-
