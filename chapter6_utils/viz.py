@@ -48,8 +48,7 @@ def as_image(x) -> np.ndarray:
         x = x.numpy()
     arr = np.asarray(x, dtype=np.float32)
     if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (1, 3))):
-        raise ValueError(f"x has shape {arr.shape}; expected a (3, H, W) or (1, 3, H, W) tensor, or an (H, W, 3) "
-                         "or (H, W) array")
+        raise ValueError(f"x has shape {arr.shape}; expected a (3, H, W) tensor or an (H, W, 3) or (H, W) array")
     return np.clip(arr, 0.0, 1.0)
 
 
@@ -176,8 +175,7 @@ def is_signed(m) -> bool:
 
 def robust_max(m, percentile: float = PERCENTILE) -> float:
     """The ``percentile``-th percentile of |m| over finite values; never 0 (the colour
-    limits must differ), falling back to max |m| and then to 1 for an all-zero map.
-    ``percentile`` in (0, 100]."""
+    limits must differ), falling back to max |m| and then to 1 for an all-zero map (0 < percentile <= 100)."""
     percentile = _check_percentile(percentile)
     arr = np.abs(np.asarray(m.detach().cpu() if isinstance(m, torch.Tensor) else m, dtype=np.float64))
     arr = arr[np.isfinite(arr)]
@@ -190,8 +188,7 @@ def robust_max(m, percentile: float = PERCENTILE) -> float:
 
 
 def _check_percentile(percentile) -> float:
-    return _checks.real(percentile, "percentile", low=0.0, low_open=True, high=100.0,
-                        hint="the colour limit as a percentile of |value|; 100: the maximum")
+    return _checks.real(percentile, "percentile", low=0.0, low_open=True, high=100.0, hint="100: the maximum")
 
 
 def _check_alpha(alpha, name="alpha", none_ok=False):

@@ -9,7 +9,6 @@ import torch
 import torch.nn as nn
 
 from .. import _checks as checks
-
 from .._guard import model_guard
 from ..data import denormalize, gaussian_blur, normalize, pixel_bounds
 from .measures import total_variation
