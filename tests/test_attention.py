@@ -267,6 +267,8 @@ LAYOUTS = {  # model, expected (num_prefix_tokens, readout), the rows the head r
     "no CLS, 2 registers, avg pool": (lambda: _small_vit(class_token=False, reg_tokens=2, global_pool="avg"),
                                       (2, "avg"), list(range(2, 18))),
     "CLS, avg pool": (lambda: _small_vit(global_pool="avg"), (1, "avg"), list(range(1, 17))),
+    "CLS, avg pool over all tokens": (lambda: _small_vit(global_pool="avg", pool_include_prefix=True), (1, "all"),
+                                      list(range(17))),
     "distilled DeiT": (_small_deit, (2, (0, 1)), [0, 1]),
 }
 
