@@ -48,7 +48,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: The chapter's photo (Figures 4, 5, 9, 10), from the PyTorch Hub repository.
 SAMOYED_URL = "https://github.com/pytorch/hub/raw/master/images/dog.jpg"
 
-DOWNLOAD_TIMEOUT = 5.0
+#: A photo download gets this many seconds in all (not per read) and at most this many bytes.
+PHOTO_DEADLINE = 30.0
+PHOTO_MAX_BYTES = 50_000_000
 
 ImageLike = Union[Image.Image, np.ndarray, torch.Tensor]
 
@@ -139,26 +141,37 @@ def _open_rgb(path: Path, source: str) -> Image.Image:
     return img
 
 
+def _fetch_image(url: str, what: str, source: str) -> Image.Image:
+    """The image at ``url`` from the download cache (checked: it must decode) or the network;
+    a cached file that does not decode is reported, removed and downloaded again."""
+    decoded: list = []
+
+    def check(path: Path) -> None:  # decoding is the check; keep the result
+        decoded.append(_open_rgb(path, source))
+
+    _net.fetch(url, _net.cache_path_for(url), kind="cache", what=what, check=check,
+               deadline=PHOTO_DEADLINE, max_bytes=PHOTO_MAX_BYTES)
+    return decoded[-1]
+
+
 def load_image(path_or_url: Union[str, os.PathLike]) -> Image.Image:
     """Open a local image file or an http(s) URL as an RGB PIL image.
 
-    URLs are downloaded once (timeout 5 s) into :func:`chapter6_utils._net.cache_dir`
-    and read from there afterwards without touching the network. Offline, an
-    uncached URL raises ``ConnectionError`` at once. ``img.info["source"]`` records
-    where the image came from.
+    URLs are downloaded once (30 s in all, 50 MB at most) into
+    :func:`chapter6_utils._net.cache_dir` and read from there afterwards without
+    touching the network; a cached file that no longer decodes is reported and
+    downloaded again. Offline, an uncached URL raises ``ConnectionError`` at once.
+    ``img.info["source"]`` records where the image came from.
     """
     if _is_url(path_or_url):
         url = path_or_url
-        cached = _net.cache_path_for(url)
-        if not cached.exists():
-            if not _net.online():
-                raise ConnectionError(
-                    f"offline: cannot download {url}. Download it on a machine with "
-                    "internet access and pass the local file instead, e.g. "
-                    "load_image('path/to/image.jpg')."
-                )
-            _net.download(url, cached, timeout=DOWNLOAD_TIMEOUT)
-        return _open_rgb(cached, url)
+        try:
+            return _fetch_image(url, f"image {url}", url)
+        except ConnectionError as err:
+            raise ConnectionError(
+                f"{err}. Download it on a machine with internet access and pass the local file "
+                "instead, e.g. load_image('path/to/image.jpg')."
+            ) from err
 
     path = Path(path_or_url).expanduser()
     if not path.is_file():
@@ -283,25 +296,18 @@ def _chelsea() -> Image.Image:
 def samoyed() -> Image.Image:
     """The chapter's Samoyed photo as an RGB PIL image (``img.info["source"]`` says which).
 
-    Read from the cache if it was downloaded before; otherwise downloaded (5 s
-    timeout) when online. Offline, or if anything fails, returns scikit-image's
-    ``chelsea`` cat photo instead (it ships with scikit-image) and prints one line
-    saying so; ``img.info["source"]`` is then ``"chelsea (offline fallback)"``.
+    Read from the cache if it was downloaded before (and still decodes); otherwise
+    downloaded (30 s in all) when online. Offline, or if anything fails, returns
+    scikit-image's ``chelsea`` cat photo instead (it ships with scikit-image) and prints
+    one line saying so; ``img.info["source"]`` is then ``"chelsea (offline fallback)"``.
     """
-    cached = _net.cache_path_for(SAMOYED_URL)
-    if cached.exists():
-        try:
-            return _open_rgb(cached, "samoyed")
-        except Exception:  # a damaged cache file: drop it and fetch again below
-            cached.unlink(missing_ok=True)
-    if not _net.online():
-        reason = "offline"
-    else:
-        try:
-            _net.download(SAMOYED_URL, cached, timeout=DOWNLOAD_TIMEOUT)
-            return _open_rgb(cached, "samoyed")
-        except Exception as exc:  # any failure: the notebook must still run
-            reason = f"could not download the Samoyed photo ({type(exc).__name__})"
+    try:
+        return _fetch_image(SAMOYED_URL, "Samoyed photo", "samoyed")
+    except Exception as exc:  # any failure: the notebook must still run
+        if isinstance(exc, ConnectionError) and not _net.online():
+            reason = "offline"
+        else:
+            reason = f"could not download the Samoyed photo ({type(exc).__name__}: {exc})"
     _net.notice(
         f"{reason}: using scikit-image's 'chelsea' photo instead of the chapter's "
         "Samoyed (pytorch/hub images/dog.jpg)."

@@ -9,9 +9,13 @@
   ``"random"`` (no weights could be had: the notice says why, and maps of such a model
   show what an untrained network does, not what a trained one sees).
 
-Offline, ``pretrained="auto"`` never waits on the network: one short probe per process
-(:func:`chapter6_utils._net.online`) decides, caches on disk are used when present, and
-timm is told ``HF_HUB_OFFLINE`` so that it does not retry for a minute.
+Offline, ``pretrained="auto"`` never waits on the network: caches on disk are used when
+present without any network call, one short probe per process
+(:func:`chapter6_utils._net.online`) decides the rest, and neither torch hub nor the
+Hugging Face hub is ever asked to download (they retry for a minute). Every weight file
+is checked against its published hash and loaded without running code
+(:mod:`chapter6_utils._checkpoints`): bundled weights against ``weights/SHA256SUMS``,
+torchvision's against the hash prefix in their names, the hub's against their ETag.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import torch
 import torch.nn as nn
 from torchvision.models.resnet import BasicBlock
 
-from . import _checks, _net
+from . import _checkpoints, _checks, _net
 from .data import IMAGENET_MEAN, IMAGENET_STD, imagenet_classes
 from .synthetic import CLASSES as LESION_CLASSES, IMAGE_SIZE as LESION_SIZE
 
@@ -187,32 +191,32 @@ def _torchvision(arch, weights_enum):
         return getattr(torchvision.models, arch)(weights=None)
 
     def fetch(model):
+        # The published URL is read now, from torchvision: its name carries the hash prefix.
         weights = getattr(torchvision.models, weights_enum).IMAGENET1K_V1
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
-        if not cached.exists() and not _net.online():
-            raise ConnectionError("offline and no cached copy in " + str(cached.parent))
-        model.load_state_dict(weights.get_state_dict(progress=False, check_hash=False))
+        size = weights.meta.get("_file_size")  # MB, as torchvision publishes it
+        model.load_state_dict(_checkpoints.torch_hub_state_dict(
+            weights.url, f"{arch} ImageNet weights", size=int(size * 1e6) if size else None))
 
     return build, fetch
 
 
 def _timm(arch):
+    # timm is only ever asked to build a model or read a local file: with the hub's
+    # offline flag raised around both, no timm version can start a download or a retry.
     def build():
         import timm
 
-        return timm.create_model(arch, pretrained=False)
+        with _checkpoints.hub_offline():
+            return timm.create_model(arch, pretrained=False)
 
     def fetch(model):
         import timm
-        from huggingface_hub import try_to_load_from_cache
 
         cfg = timm.models.get_pretrained_cfg(arch)
-        cached = try_to_load_from_cache(cfg.hf_hub_id, "model.safetensors")
-        if not isinstance(cached, str) and not _net.online():
-            raise ConnectionError("offline and no cached copy of " + cfg.hf_hub_id)
-        if not _net.online():
-            os.environ["HF_HUB_OFFLINE"] = "1"  # use the cache; never let the hub retry
-        loaded = timm.create_model(arch, pretrained=True)
+        path = _checkpoints.hub_file(cfg.hf_hub_id, "model.safetensors", what=f"{arch} weights ({cfg.hf_hub_id})")
+        # timm loads the local safetensors file (no pickle) with its own key filters.
+        with _checkpoints.hub_offline():
+            loaded = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(path)})
         model.load_state_dict(loaded.state_dict())
 
     return build, fetch
@@ -272,8 +276,8 @@ def build(name: str) -> nn.Module:
 
 
 def weights_path(name: str, weights_dir: Path | None = None) -> Path:
-    """Where the bundled weights of ``name`` live."""
-    return Path(weights_dir or WEIGHTS_DIR) / f"{name}.pt"
+    """Where the bundled weights of ``name`` live (their SHA-256 is in ``SHA256SUMS`` beside them)."""
+    return Path(weights_dir or WEIGHTS_DIR).expanduser() / f"{name}.pt"
 
 
 def _fold_input_normalisation(model: nn.Module, name: str) -> None:
@@ -308,26 +312,38 @@ def load(name: str, pretrained="auto", device=None, weights_dir: str | os.PathLi
             and a one-line notice), ``True`` (trained weights or an error) or ``False``
             (random weights, no notice).
         device: where to put the model (default CPU; see :func:`chapter6_utils.device`).
-        weights_dir: folder of bundled weights (default: the package's ``weights/``).
+        weights_dir: folder of bundled weights and their ``SHA256SUMS`` (default: the
+            package's ``weights/``; ``python -m chapter6_utils.train --out DIR`` writes both).
 
     Returns:
         the model (eval mode), taking ImageNet-normalised (N, 3, S, S) input with S =
         ``model.ch6.input_size``. The exception is ``"lesion_generator"``: it takes
         latent codes (N, ``model.latent_dim``) and returns (N, 3, S, S) images in [0, 1].
+
+    Raises:
+        ValueError: an unknown ``name`` or a ``pretrained`` other than ``"auto"``, True, False.
+        NotADirectoryError: a ``weights_dir`` that does not exist.
+        RuntimeError: ``pretrained=True`` and no trained weights: missing, empty, damaged
+            (SHA-256 differs from the manifest or the published hash), offline, or refused
+            by ``torch.load(weights_only=True)``. With ``"auto"`` the same causes give random
+            weights and a one-line notice naming the cause, the file and how to restore it.
     """
     spec = _spec(name)
-    if pretrained not in ("auto", True, False):
-        raise ValueError(f"pretrained must be 'auto', True or False, got {pretrained!r}")
+    if not (isinstance(pretrained, str) and pretrained == "auto") and pretrained is not True \
+            and pretrained is not False:
+        raise ValueError(f"pretrained must be 'auto', True or False, got {pretrained!r} "
+                         f"({type(pretrained).__name__}); True demands trained weights or an error, "
+                         "False gives random weights, 'auto' falls back to random weights with a notice")
+    if weights_dir is not None and not Path(weights_dir).expanduser().is_dir():
+        raise NotADirectoryError(f"weights_dir {str(weights_dir)!r} does not exist or is not a folder; pass the "
+                                 "folder that holds <name>.pt and SHA256SUMS, or omit it for the bundled weights")
     model = spec.build()
     source, notice, extra = "random", None, {}
     if pretrained is not False:
         try:
             if spec.kind == "bundled":
-                path = weights_path(name, weights_dir)
-                if not path.exists():
-                    raise FileNotFoundError(
-                        f"no bundled weights at {path}; run `python -m chapter6_utils.train --model {name}`")
-                ckpt = torch.load(path, map_location="cpu", weights_only=True)
+                # checked against weights/SHA256SUMS first: a damaged file is never loaded
+                ckpt = _checkpoints.load_bundled(weights_path(name, weights_dir), name)
                 model.load_state_dict(ckpt["state_dict"])
                 extra = ckpt.get("meta", {})
                 source = "bundled"

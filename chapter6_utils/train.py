@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import _checks
+from . import _checkpoints, _checks
 from . import models as _models
 from .data import normalize
 from .synthetic import EVAL_SEED, SPLITS, TEST_SEED, TRAIN_SEED, make_lesions
@@ -282,11 +283,16 @@ def train_generator(name: str = "lesion_generator", *, recipe: GeneratorRecipe |
 
 
 def _save(name: str, model: nn.Module, meta: dict, out_dir, log) -> None:
-    """Write ``{"state_dict", "meta"}`` where :func:`chapter6_utils.models.load` looks for ``name``."""
+    """Write ``{"state_dict", "meta"}`` where :func:`chapter6_utils.models.load` looks for ``name``,
+    and its SHA-256 into the folder's ``SHA256SUMS``."""
     path = _models.weights_path(name, Path(out_dir))
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": model.state_dict(), "meta": meta}, path)
-    log(f"  saved {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    tmp = path.with_name(f".{path.name}.part")  # a crash mid-save leaves the old file whole
+    torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
+    os.replace(tmp, path)
+    # models.load checks every bundled file against this manifest before unpickling it
+    _checkpoints.write_manifest(path.parent, [path.name])
+    log(f"  saved {path} ({path.stat().st_size / 1e6:.2f} MB) and its SHA-256 in {path.parent / _checkpoints.MANIFEST}")
 
 
 def main(argv=None) -> int:
@@ -294,9 +300,15 @@ def main(argv=None) -> int:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--model", choices=[*RECIPES, *GENERATOR_RECIPES], action="append", help="model to train (repeatable)")
     g.add_argument("--all", action="store_true", help="train every bundled model")
+    g.add_argument("--manifest", action="store_true",
+                   help="only (re)write SHA256SUMS for the *.pt files in --out (for weights you trust)")
     p.add_argument("--out", default=str(_models.WEIGHTS_DIR), help="where to write <name>.pt")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args(argv)
+    if args.manifest:
+        path = _checkpoints.write_manifest(Path(args.out))
+        print(f"wrote {path} ({len(_checkpoints.read_manifest(Path(args.out)))} files)")
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     names = [*RECIPES, *GENERATOR_RECIPES] if args.all else args.model

@@ -46,7 +46,7 @@ chromium = pytest.mark.skipif(bc.find_chromium() is None, reason="no Chromium in
 def test_good_site_passes_and_is_photographed(tmp_path, capsys):
     html = _site(tmp_path)
     shots = tmp_path / "shots"
-    assert bc.check(html, shots, page_timeout=20, binary=bc.find_chromium()) == 0
+    assert bc.check(html, shots, page_timeout=300, binary=bc.find_chromium()) == 0
     assert (shots / "notebooks__nb.png").stat().st_size > 1000
     assert (shots / "notebooks__nb-figure.png").exists()
     assert "1 figures shown / 1 produced" in capsys.readouterr().out
@@ -61,5 +61,5 @@ def test_good_site_passes_and_is_photographed(tmp_path, capsys):
 ])
 def test_broken_sites_fail(tmp_path, capsys, site, problem):
     html = _site(tmp_path, **site)
-    assert bc.check(html, tmp_path / "shots", page_timeout=20, binary=bc.find_chromium()) == 1
+    assert bc.check(html, tmp_path / "shots", page_timeout=300, binary=bc.find_chromium()) == 1
     assert problem in capsys.readouterr().out

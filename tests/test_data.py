@@ -5,7 +5,6 @@ the one that exercises the real probe, which asserts only a time bound.
 """
 import socket
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -212,27 +211,25 @@ def test_load_image_missing_file(tmp_path):
         data.load_image(missing)
 
 
-def test_load_image_url_offline_raises_quickly():
-    t0 = time.perf_counter()
-    with pytest.raises(ConnectionError, match="offline"):
+def test_load_image_url_offline_raises_without_network(no_network):
+    with pytest.raises(ConnectionError, match="offline.*pass the local file instead"):
         data.load_image("https://example.com/some/photo.jpg")
-    assert time.perf_counter() - t0 < 0.5
+    assert no_network == []
 
 
 def test_load_image_url_uses_cache_without_network():
     url = "https://example.com/some/photo.png"
     arr = _rgb_array(8, 8, seed=3)
+    _net.cache_path_for(url).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(_net.cache_path_for(url))
     img = data.load_image(url)
     assert np.array_equal(np.asarray(img), arr)
     assert img.info["source"] == url
 
 
-def test_samoyed_offline_falls_back_to_chelsea(capsys):
-    t0 = time.perf_counter()
+def test_samoyed_offline_falls_back_to_chelsea(capsys, no_network):
     img = data.samoyed()
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 5
+    assert no_network == []
     assert isinstance(img, Image.Image) and img.mode == "RGB"
     assert "chelsea" in img.info["source"]
     out = capsys.readouterr().out
@@ -244,6 +241,7 @@ def test_samoyed_offline_falls_back_to_chelsea(capsys):
 
 def test_samoyed_uses_cached_photo(capsys):
     arr = _rgb_array(40, 50, seed=4)
+    _net.cache_path_for(data.SAMOYED_URL).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(_net.cache_path_for(data.SAMOYED_URL), format="JPEG")
     img = data.samoyed()
     assert img.info["source"] == "samoyed"
@@ -251,11 +249,16 @@ def test_samoyed_uses_cached_photo(capsys):
     assert capsys.readouterr().out == ""
 
 
-def test_samoyed_damaged_cache_falls_back(capsys):
-    _net.cache_path_for(data.SAMOYED_URL).write_bytes(b"<html>not a jpeg</html>")
+def test_samoyed_damaged_cache_is_removed_and_falls_back(capsys):
+    cached = _net.cache_path_for(data.SAMOYED_URL)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(b"<html>not a jpeg</html>")
     img = data.samoyed()
     assert "chelsea" in img.info["source"]
-    assert len(capsys.readouterr().out.splitlines()) == 1
+    damaged, fallback = capsys.readouterr().out.splitlines()  # one line each: the damage, the fallback
+    assert "damaged" in damaged and str(cached) in damaged and "removed it" in damaged
+    assert "chelsea" in fallback and "offline" in fallback
+    assert not cached.exists()  # never reused
 
 
 def test_samoyed_tensor_shape(capsys):
@@ -274,19 +277,14 @@ def test_online_forced_offline_is_instant(monkeypatch, value):
         raise AssertionError("the probe must not run when CHAPTER6_OFFLINE is set")
 
     monkeypatch.setattr(socket, "create_connection", boom)
-    t0 = time.perf_counter()
     assert _net.online() is False
-    assert time.perf_counter() - t0 < 0.1
 
 
-def test_online_real_probe_is_bounded(monkeypatch):
+def test_online_real_probe_answers(monkeypatch):
     # Here the network is closed and the answer is False; a machine with network
-    # answers True. Only the time bound and the type are the contract.
+    # answers True. Its bound is tested with a hanging connect and resolver below.
     monkeypatch.delenv("CHAPTER6_OFFLINE")
-    t0 = time.perf_counter()
-    result = _net.online()
-    assert time.perf_counter() - t0 < 5
-    assert isinstance(result, bool)
+    assert isinstance(_net.online(), bool)
 
 
 class _FakeConn:
@@ -337,21 +335,39 @@ def test_online_gives_up_after_timeout_without_second_host(monkeypatch):
 
 
 def test_online_bounded_even_if_connect_hangs(monkeypatch):
-    # a resolver that hangs ignores socket timeouts; the probe must still give up
+    # a resolver that hangs ignores socket timeouts; the probe must still give up, and
+    # answer while the connect is still hanging (it returns only when the test releases it)
     monkeypatch.delenv("CHAPTER6_OFFLINE")
-    release = threading.Event()
+    release, returned = threading.Event(), threading.Event()
 
     def hang(*a, **k):
-        release.wait(30)
+        release.wait(120)  # a hang guard, not a timing
+        returned.set()
         raise socket.timeout("released by the test")
 
     monkeypatch.setattr(socket, "create_connection", hang)
     try:
-        t0 = time.perf_counter()
         assert _net.online(timeout=0.2) is False
-        assert time.perf_counter() - t0 < 1.0
+        assert not returned.is_set()  # the probe gave up on its own
     finally:
         release.set()
+
+
+def test_mirror_is_probed_instead_of_the_hosts(monkeypatch):
+    monkeypatch.delenv("CHAPTER6_OFFLINE")
+    monkeypatch.setenv("CHAPTER6_MIRROR", "http://127.0.0.1:8765/")
+    calls = []
+
+    def fake(addr, timeout=None):
+        calls.append(addr)
+        return _FakeConn()
+
+    monkeypatch.setattr(socket, "create_connection", fake)
+    assert _net.online() is True and calls == [("127.0.0.1", 8765)]
+    assert _net.via_mirror(data.SAMOYED_URL) == "http://127.0.0.1:8765/github.com/pytorch/hub/raw/master/images/dog.jpg"
+    monkeypatch.setenv("CHAPTER6_MIRROR", "ftp://nowhere")
+    with pytest.raises(ValueError, match="CHAPTER6_MIRROR='ftp://nowhere' is not an http"):
+        _net.mirror()
 
 
 def test_notice_is_one_prefixed_line(capsys):

@@ -1,5 +1,4 @@
 """The lesion world: shapes, determinism, split statistics, masks, errors, speed."""
-import time
 
 import numpy as np
 import pytest
@@ -116,22 +115,6 @@ def test_bad_arguments_raise_clear_errors(kwargs, match):
 def test_one_image_works():
     d = make_lesions(1, "swapped", seed=0)
     assert d.images.shape == (1, 3, 64, 64)
-
-
-@pytest.mark.slow
-def test_ten_thousand_images_under_ten_seconds():
-    # About 7 s on an idle 2-core machine. A second try only when the first misses: CI
-    # shares the machine, and a busy neighbour's seconds are not the generator's.
-    make_lesions(64)  # warm up allocator and kernels
-    times = []
-    for _ in range(2):
-        t = time.perf_counter()
-        d = make_lesions(10_000, "biased", seed=1)
-        times.append(time.perf_counter() - t)
-        assert len(d) == 10_000
-        if times[-1] < 10.0:
-            break
-    assert min(times) < 10.0, "10,000 images took " + " s, then ".join(f"{x:.1f}" for x in times) + " s"
 
 
 def test_paste_rulers_changes_only_the_ruler_pixels():
