@@ -25,9 +25,14 @@ def device():
 
 
 def seed_everything(seed: int = 0) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) so a notebook reruns identically."""
+    """Seed Python, NumPy and torch (CPU and CUDA) so a notebook reruns identically.
+    ``seed``: an int in [0, 2**32) (NumPy's range)."""
     import numpy as np
     import torch
+
+    from . import _checks
+
+    seed = _checks.integer(seed, "seed", low=0, high=2 ** 32 - 1, hint="NumPy's seed range")
 
     random.seed(seed)
     np.random.seed(seed)

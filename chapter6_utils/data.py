@@ -23,7 +23,7 @@ import torchvision
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from . import _net
+from . import _checks, _net
 
 __all__ = [
     "gaussian_blur",
@@ -68,9 +68,9 @@ def _check_image_tensor(x, name: str = "x") -> None:
         )
 
 
-def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _stats(x: torch.Tensor, name: str = "x") -> tuple[torch.Tensor, torch.Tensor]:
     if not x.is_floating_point():
-        raise TypeError(f"expected a floating-point tensor, got dtype {x.dtype}")
+        raise TypeError(f"{name} has dtype {x.dtype}; expected a floating-point tensor (uint8 pixels: x.float() / 255)")
     mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(3, 1, 1)
     return mean, std
@@ -104,6 +104,8 @@ def pixel_bounds(device=None, dtype: torch.dtype = torch.float32) -> tuple[torch
     The shape broadcasts against ``(N, 3, H, W)``; see :func:`pixel_bounds_like` for
     full-size copies.
     """
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     mean = torch.tensor(IMAGENET_MEAN, device=device, dtype=dtype).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device, dtype=dtype).view(1, 3, 1, 1)
     return (0 - mean) / std, (1 - mean) / std
@@ -117,8 +119,7 @@ def pixel_bounds_like(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     them in place, which a stride-0 view does not allow.
     """
     _check_image_tensor(x)
-    if not x.is_floating_point():
-        raise TypeError(f"expected a floating-point tensor, got dtype {x.dtype}")
+    _stats(x)  # floating point, or an error naming x
     low, high = pixel_bounds(device=x.device, dtype=x.dtype)
     if x.dim() == 3:
         low, high = low[0], high[0]
@@ -243,9 +244,7 @@ def preprocess(image: ImageLike, size: int = 224) -> torch.Tensor:
     ``image``: a PIL image, a numpy ``(H, W, 3)`` array (uint8, or float in
     ``[0, 1]``), or a ``(3, H, W)`` tensor in ``[0, 1]``.
     """
-    size = int(size)
-    if size <= 0:
-        raise ValueError(f"size must be positive, got {size}")
+    size = _checks.integer(size, "size", low=1, hint="the side of the square input in pixels")
     t = _to_float_chw(image)
     if tuple(t.shape[-2:]) != (size, size):
         t = TF.resize(t, round(size * 256 / 224), antialias=True)
@@ -318,12 +317,12 @@ def samoyed() -> Image.Image:
 
 def samoyed_tensor(size: int = 224) -> torch.Tensor:
     """:func:`samoyed` through :func:`preprocess`: ``(1, 3, size, size)``, normalised."""
+    size = _checks.integer(size, "size", low=1, hint="the side of the square input in pixels")
     return preprocess(samoyed(), size)
 
 
 # --------------------------------------------------------------------------- blur
-def _gaussian_kernel(sigma: float, device, dtype) -> torch.Tensor:
-    radius = max(1, int(math.ceil(3 * sigma)))
+def _gaussian_kernel(sigma: float, radius: int, device, dtype) -> torch.Tensor:
     t = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
     k = torch.exp(-0.5 * (t / sigma) ** 2)
     return k / k.sum()
@@ -334,14 +333,17 @@ def gaussian_blur(x: torch.Tensor, sigma: float, padding: str = "reflect") -> to
 
     ``padding="reflect"`` (the default) keeps the image edge from darkening, as the blur
     regulariser of activation maximisation needs; ``"replicate"`` repeats the edge pixels,
-    as the blurred baseline of the deletion and insertion curves uses."""
-    if sigma <= 0:
+    as the blurred baseline of the deletion and insertion curves uses. ``sigma = 0``
+    returns ``x`` unblurred. The kernel is cut to the image (radius at most H - 1 and
+    W - 1) before it is built, so a huge ``sigma`` is a nearly flat blur, not a huge
+    kernel."""
+    _checks.tensor(x, "x", dim=4, floating=True, shape_hint="(N, C, H, W)")
+    sigma = _checks.real(sigma, "sigma", low=0.0, hint="the blur's standard deviation in pixels; 0: no blur")
+    padding = _checks.choice(padding, "padding", ("reflect", "replicate", "circular", "constant"))
+    if sigma == 0:
         return x
-    k = _gaussian_kernel(float(sigma), x.device, x.dtype)
-    r, C = len(k) // 2, x.shape[1]
-    r = min(r, x.shape[-1] - 1, x.shape[-2] - 1)
-    k = k[len(k) // 2 - r: len(k) // 2 + r + 1]
-    k = k / k.sum()
+    r, C = min(max(1, math.ceil(3 * sigma)), x.shape[-1] - 1, x.shape[-2] - 1), x.shape[1]
+    k = _gaussian_kernel(sigma, r, x.device, x.dtype)
     x = F.pad(x, (r, r, r, r), mode=padding)
     x = F.conv2d(x, k.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
     return F.conv2d(x, k.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)

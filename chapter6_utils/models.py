@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 from torchvision.models.resnet import BasicBlock
 
-from . import _checkpoints, _net
+from . import _checkpoints, _checks, _net
 from .data import IMAGENET_MEAN, IMAGENET_STD, imagenet_classes
 from .synthetic import CLASSES as LESION_CLASSES, IMAGE_SIZE as LESION_SIZE
 
@@ -158,6 +158,7 @@ class LesionGenerator(nn.Module):
 
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
         """``n`` images decoded from prior codes z ~ N(0, I) drawn with ``seed``."""
+        n, seed = _checks.integer(n, "n", low=1, hint="images to draw"), _checks.seed(seed)
         dev = self.fc.weight.device
         z = torch.randn(n, self.latent_dim, generator=torch.Generator().manual_seed(seed)).to(dev)
         with torch.no_grad():

@@ -21,6 +21,7 @@ import numbers
 
 import torch
 
+from . import _checks as checks
 from ._guard import attribution_method, class_scores
 
 __all__ = ["gradient", "gradient_x_input", "saliency_map", "smoothgrad", "default_batch_size",
@@ -90,6 +91,7 @@ def default_batch_size(x: torch.Tensor) -> int:
     """The noisy copies per pass ``smoothgrad`` uses for ``x`` when ``batch_size=None``:
     ``DEFAULT_BATCH_VALUES`` of x's device type (the CPU's for other types) divided by
     the size of one image, at least 1."""
+    checks.tensor(x, "x", dim=4, shape_hint="(N, C, H, W)")
     budget = DEFAULT_BATCH_VALUES.get(x.device.type, DEFAULT_BATCH_VALUES["cpu"])
     return max(1, budget // x[0].numel())
 

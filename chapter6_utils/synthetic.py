@@ -39,6 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import _checks
+
 __all__ = ["LesionSet", "make_lesions", "paste_rulers", "SPLITS", "CLASSES", "IMAGE_SIZE",
            "TRAIN_SEED", "EVAL_SEED", "TEST_SEED"]
 
@@ -91,7 +93,9 @@ class LesionSet:
 
     def __getitem__(self, index) -> "LesionSet":
         """Index or slice like a tensor; returns a LesionSet (an int keeps a batch of one)."""
-        if isinstance(index, numbers.Integral):
+        if isinstance(index, numbers.Integral) and not isinstance(index, bool):
+            if not -len(self) <= index < len(self):
+                raise IndexError(f"index {index} is out of range for a LesionSet of {len(self)} images")
             index = slice(int(index), int(index) + 1 if index != -1 else None)
         return LesionSet(
             images=self.images[index],
@@ -108,6 +112,10 @@ class LesionSet:
     def select(self, label: int | None = None, ruler: bool | None = None) -> "LesionSet":
         """The images of one class and/or with (or without) a ruler, e.g.
         ``data.select(label=1, ruler=True)`` for malignant lesions with a ruler."""
+        label = _checks.integer(label, "label", low=0, high=len(self.classes) - 1, none_ok=True,
+                                hint=f"a class index: {', '.join(f'{i} {c}' for i, c in enumerate(self.classes))}")
+        if ruler is not None and not isinstance(ruler, bool):
+            raise TypeError(f"ruler must be True, False or None, got {ruler!r}")
         keep = torch.ones(len(self), dtype=torch.bool)
         if label is not None:
             keep &= self.labels == label

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import data  # plumbing (de-normalisation), not a method module
+from . import _checks, data  # plumbing (validators, de-normalisation), not method modules
 
 __all__ = ["display_image", "LESION_COLOUR", "RULER_COLOUR", "SEQUENTIAL_CMAP", "DIVERGING_CMAP", "PERCENTILE",
            "as_image", "draw_masks", "show_lesions", "plot_confusion",
@@ -46,7 +46,10 @@ def as_image(x) -> np.ndarray:
         if x.dim() == 3 and x.shape[0] in (1, 3):
             x = x.permute(1, 2, 0)
         x = x.numpy()
-    return np.clip(np.asarray(x, dtype=np.float32), 0.0, 1.0)
+    arr = np.asarray(x, dtype=np.float32)
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (1, 3))):
+        raise ValueError(f"x has shape {arr.shape}; expected a (3, H, W) tensor or an (H, W, 3) or (H, W) array")
+    return np.clip(arr, 0.0, 1.0)
 
 
 def draw_masks(ax, lesion_mask=None, ruler_mask=None, linewidth=1.0, outline: bool = False) -> None:
@@ -81,6 +84,7 @@ def show_lesions(data, indices=None, ncols: int = 8, masks: bool = True, titles=
     Returns:
         the matplotlib Figure.
     """
+    ncols = _checks.integer(ncols, "ncols", low=1, hint="images per row")
     indices = list(range(min(ncols, len(data)))) if indices is None else [int(i) for i in indices]
     nrows = math.ceil(len(indices) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)),
@@ -105,6 +109,9 @@ def show_lesions(data, indices=None, ncols: int = 8, masks: bool = True, titles=
 def plot_confusion(matrix, classes, ax=None, title: str = ""):
     """A 2-D confusion matrix with counts and row percentages (rows: true class)."""
     m = np.asarray(matrix.cpu() if isinstance(matrix, torch.Tensor) else matrix, dtype=float)
+    if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] != len(classes):
+        raise ValueError(f"matrix has shape {m.shape}; expected ({len(classes)}, {len(classes)}), one row and "
+                         "column per class")
     if ax is None:
         _, ax = plt.subplots(figsize=(3, 3))
     rows = m / np.maximum(m.sum(1, keepdims=True), 1)
@@ -168,7 +175,8 @@ def is_signed(m) -> bool:
 
 def robust_max(m, percentile: float = PERCENTILE) -> float:
     """The ``percentile``-th percentile of |m| over finite values; never 0 (the colour
-    limits must differ), falling back to max |m| and then to 1 for an all-zero map."""
+    limits must differ), falling back to max |m| and then to 1 for an all-zero map (0 < percentile <= 100)."""
+    percentile = _check_percentile(percentile)
     arr = np.abs(np.asarray(m.detach().cpu() if isinstance(m, torch.Tensor) else m, dtype=np.float64))
     arr = arr[np.isfinite(arr)]
     if arr.size == 0:
@@ -177,6 +185,14 @@ def robust_max(m, percentile: float = PERCENTILE) -> float:
     if v <= 0:
         v = float(arr.max())
     return v if v > 0 else 1.0
+
+
+def _check_percentile(percentile) -> float:
+    return _checks.real(percentile, "percentile", low=0.0, low_open=True, high=100.0, hint="100: the maximum")
+
+
+def _check_alpha(alpha, name="alpha", none_ok=False):
+    return _checks.real(alpha, name, low=0.0, high=1.0, none_ok=none_ok, hint="opacity")
 
 
 def _pct(percentile: float) -> str:
@@ -194,6 +210,7 @@ def _cbar_label(signed: bool, percentile: float) -> str:
 def scaling_note(signed: bool, percentile: float = PERCENTILE, short: bool = False) -> str:
     """The words that say how a map is coloured: a caption phrase, or (``short``) a few
     characters for a colorbar in a grid of small panels."""
+    percentile = _check_percentile(percentile)
     if short:
         return f"± p{percentile:g} of |value|" if signed else f"0 to p{percentile:g}"
     if signed:
@@ -217,6 +234,8 @@ def heatmap(ax, m, signed=None, cmap=None, title=None, colorbar=True, percentile
         alpha, extent, interpolation: passed to ``imshow``. ``extent`` places a map of
             another resolution over an image's pixel grid, e.g. ``(-0.5, W-0.5, H-0.5, -0.5)``.
     """
+    percentile = _check_percentile(percentile)
+    _check_alpha(alpha, none_ok=True)
     arr = _as_2d(m)
     signed = is_signed(arr) if signed is None else bool(signed)
     v = robust_max(arr, percentile)
@@ -278,6 +297,7 @@ def overlay(ax, image, m, alpha=0.5, signed=None, cmap=None, title=None, colorba
     Grad-CAM) is upsampled bilinearly to (H, W) before drawing; colours follow
     :func:`heatmap` (sign detected on the upsampled map, which has the same sign pattern).
     """
+    percentile, alpha = _check_percentile(percentile), _check_alpha(alpha)
     img = display_image(image, normalized)
     arr = _resize(_as_2d(m), img.shape[:2])
     ax.imshow(img, interpolation="nearest")
@@ -332,6 +352,8 @@ def method_grid(images, maps: dict, signed: dict | None = None, lesion_masks=Non
     Returns:
         the Figure. Each panel is scaled on its own (``percentile`` of |value|).
     """
+    percentile = _check_percentile(percentile)
+    overlay_alpha = _check_alpha(overlay_alpha, "overlay_alpha", none_ok=True)
     imgs = [display_image(im, normalized) for im in _image_list(images)]
     n, names = len(imgs), list(maps)
     columns = {name: [to_map(a) for a in _per_image(maps[name], n, f"maps[{name!r}]")] for name in names}

@@ -133,7 +133,7 @@ def test_bad_objectives_raise_clear_errors_and_leave_the_model_alone(cnn, object
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="must be >= 0"):
+    with pytest.raises(ValueError, match="channel c must be an int >= 0, got -1"):
         actmax.channel("features.11", -1)
     with pytest.raises(TypeError, match="must be an int"):
         actmax.unit("features.11", 0, 1.5, 2)
@@ -142,7 +142,7 @@ def test_bad_arguments():
         actmax.maximize(m, "logit 1")
     with pytest.raises(ValueError, match="steps must be"):
         actmax.maximize(m, actmax.class_logit(1), steps=-1)
-    with pytest.raises(ValueError, match="l2 must be >= 0"):
+    with pytest.raises(ValueError, match="l2 must be a finite number >= 0"):
         actmax.maximize(m, actmax.class_logit(1), l2=-1)
 
 

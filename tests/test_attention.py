@@ -231,3 +231,107 @@ def test_widget_functions(vit, lesions):
     box = widgets.attention_explorer(vit, x, masks=masks)
     box.sliders["layer"].value = 5
     assert (5, "mean", "mean", 0.0) in box.cache
+
+
+# --------------------------------------------------------------------------- prefix tokens and pooling
+def _small_vit(**kw):
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    return VisionTransformer(img_size=32, patch_size=8, num_classes=3, embed_dim=32, depth=3, num_heads=2,
+                             mlp_ratio=2.0, **kw).eval()
+
+
+def _small_deit():
+    from timm.models.deit import VisionTransformerDistilled
+
+    torch.manual_seed(0)
+    return VisionTransformerDistilled(img_size=32, patch_size=8, num_classes=3, embed_dim=32, depth=3,
+                                      num_heads=2, mlp_ratio=2.0).eval()
+
+
+def full_rollout(attn, alpha=0.5):
+    """R_L of equation 13, the whole T x T matrix, mean fusion, float64 (one image)."""
+    a = attn.double().mean(2)[0]
+    t = a.shape[-1]
+    r = torch.eye(t, dtype=torch.float64)
+    for layer in range(a.shape[0]):
+        hat = alpha * a[layer] + (1 - alpha) * torch.eye(t, dtype=torch.float64)
+        r = (hat / hat.sum(-1, keepdim=True)) @ r
+    return r
+
+
+LAYOUTS = {  # model, expected (num_prefix_tokens, readout), the rows the head reads
+    "cls+4 registers": (lambda: _small_vit(reg_tokens=4), (5, "token"), [0]),
+    "no CLS, avg pool": (lambda: _small_vit(class_token=False, global_pool="avg"), (0, "avg"), list(range(16))),
+    "no CLS, 2 registers, avg pool": (lambda: _small_vit(class_token=False, reg_tokens=2, global_pool="avg"),
+                                      (2, "avg"), list(range(2, 18))),
+    "CLS, avg pool": (lambda: _small_vit(global_pool="avg"), (1, "avg"), list(range(1, 17))),
+    "CLS, avg pool over all tokens": (lambda: _small_vit(global_pool="avg", pool_include_prefix=True), (1, "all"),
+                                      list(range(17))),
+    "distilled DeiT": (_small_deit, (2, (0, 1)), [0, 1]),
+}
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_rollout_reads_the_prefix_tokens_and_pooling(name):
+    build, layout, rows = LAYOUTS[name]
+    model = build()
+    assert attention.token_layout(model) == layout
+    prefix, readout = layout
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    attn = attention.attention_maps(model, x)
+    assert attn.shape[-1] == prefix + 16
+    maps = attention.rollout_map(model, x, mode="nearest")
+    for i in range(2):
+        r = full_rollout(attn[i:i + 1])
+        want = r[rows].mean(0)  # the rows the head reads, averaged as the head averages them
+        ours = attention.rollout(attn[i:i + 1], num_prefix_tokens=prefix, readout=readout)[0]
+        assert torch.allclose(ours.double().flatten(), want[prefix:], atol=1e-6)
+        # The sum identity: the map plus the weight on the prefix columns (CLS, registers,
+        # distillation token) is 1.
+        assert abs(float(ours.double().sum() + want[:prefix].sum()) - 1) < 1e-5
+        assert torch.allclose(maps[i, ::8, ::8], ours, atol=1e-6)
+        one_layer = attention.cls_attention(attn[i:i + 1], -1, "mean", num_prefix_tokens=prefix, readout=readout)[0]
+        assert torch.allclose(one_layer.double().flatten(), attn[i, -1].double().mean(0)[rows].mean(0)[prefix:],
+                              atol=1e-6)
+    with pytest.raises(ValueError, match="readout row"):
+        attention.rollout(attn, num_prefix_tokens=prefix, readout=(prefix,))
+
+
+def test_token_zero_is_not_taken_for_a_cls_token_that_is_not_there():
+    model = _small_vit(class_token=False, global_pool="avg")
+    attn = attention.attention_maps(model, torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="no CLS token.*readout='avg'"):
+        attention.rollout(attn, num_prefix_tokens=0)
+    with pytest.raises(ValueError, match="no CLS token"):
+        attention.cls_attention(attn, 0, num_prefix_tokens=0)
+
+
+@pytest.mark.parametrize("pool", ["max", "avgmax", "map"])
+def test_heads_rollout_cannot_follow_are_refused(pool):
+    model = _small_vit(class_token=False, global_pool=pool) if pool != "map" else _small_vit(global_pool="map")
+    with pytest.raises(ValueError, match="global_pool="):
+        attention.rollout_map(model, torch.randn(1, 3, 32, 32))
+
+
+def test_discarding_keeps_the_readout_self_weights_and_the_sum_identity_holds():
+    model = _small_vit(reg_tokens=4)
+    attn = attention.attention_maps(model, torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
+    for readout in ("token", "avg", (0, 2)):
+        maps = attention.rollout(attn, discard_ratio=0.95, num_prefix_tokens=5, readout=readout)
+        assert maps.shape == (3, 4, 4) and torch.isfinite(maps).all() and (maps >= 0).all()
+        assert bool((maps.flatten(1).sum(1) <= 1 + 1e-6).all())
+
+
+def test_non_finite_attention_raises_instead_of_vanishing(attn):
+    bad = attn.clone()
+    bad[0, 2, 1, 7] = float("nan")  # one NaN row in one head
+    for call in (lambda: attention.rollout(bad), lambda: attention.cls_attention(bad, 0)):
+        with pytest.raises(ValueError, match=r"attn has 65 non-finite values \(65 NaN, 0 inf\)"):
+            call()
+    bad[0, 2, 1, 7] = float("inf")
+    with pytest.raises(ValueError, match="non-finite"):
+        attention.rollout(bad)
+    with pytest.raises(ValueError, match="negative"):
+        attention.rollout(attn - 1)

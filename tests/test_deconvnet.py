@@ -170,7 +170,7 @@ def test_errors_name_the_problem_and_leave_the_model_alone(cnn, lesions):
         D.project(cnn, x, "classifier.1", 0)
     with pytest.raises(ValueError, match="'features.99' is not a module"):
         D.project(cnn, x, "features.99", 0)
-    with pytest.raises(ValueError, match="channel 64 is out of range: layer 'features.11' has 64"):
+    with pytest.raises(ValueError, match=r"channel must be an int >= 0 and <= 63 \(layer 'features.11' has 64 channels\), got 64"):
         D.project(cnn, x, "features.11", 64)
     with pytest.raises(ValueError, match="top_k"):
         D.project(cnn, x, "features.11", 0, top_k=0)
@@ -268,3 +268,122 @@ def test_projection_rgb_gives_each_patch_its_own_contrast():
     red = torch.zeros(3, 2, 2)
     red[0] = 1.0
     assert np.allclose(projection_rgb(red)[..., 0], 1.0) and np.allclose(projection_rgb(red)[..., 1:], 0.5)
+
+# --------------------------------------------------------------------------- any stride, padding, dilation
+def _chains():
+    """Plain Conv2d/ReLU/MaxPool2d chains the bundled models never exercise: strides that
+    leave rows unread by any window start, padding, dilation, groups, 'same' with an even
+    kernel, copying padding modes, max-pooling with padding, dilation and ceil_mode."""
+    return {
+        "stride2-pad1": nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(),
+                                      nn.Conv2d(4, 5, 3, stride=2, padding=1)),
+        "dilated": nn.Sequential(nn.Conv2d(3, 4, 3, padding=2, dilation=2), nn.ReLU(),
+                                 nn.Conv2d(4, 5, 5, stride=3, padding=1, dilation=2)),
+        "rect-kernels": nn.Sequential(nn.Conv2d(3, 4, (3, 5), stride=(2, 3), padding=(1, 2), dilation=(1, 2)),
+                                      nn.ReLU(), nn.Conv2d(4, 5, (4, 2), stride=(3, 1))),
+        "pool-ceil": nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(3, 2, padding=1, ceil_mode=True),
+                                   nn.Conv2d(4, 5, 2, stride=2)),
+        "pool-dilated": nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2, dilation=2),
+                                      nn.Conv2d(4, 5, 3, stride=2, padding=1)),
+        "same-even-groups": nn.Sequential(nn.Conv2d(3, 6, 4, padding="same"), nn.ReLU(),
+                                          nn.Conv2d(6, 5, 3, stride=2, padding="valid"),
+                                          nn.ReLU(), nn.Conv2d(5, 5, 3, stride=2, padding=1, groups=5)),
+        "reflect": nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1, padding_mode="reflect"), nn.ReLU(),
+                                 nn.Conv2d(4, 5, 3, padding=2, dilation=2, padding_mode="circular"), nn.ReLU(),
+                                 nn.Conv2d(5, 5, 3, stride=2, padding=1, padding_mode="replicate")),
+    }
+
+
+@pytest.mark.parametrize("size", [(13, 11), (16, 16), (17, 9)])
+@pytest.mark.parametrize("name", list(_chains()))
+def test_project_equals_the_true_reverse_pass_on_any_geometry(name, size):
+    torch.manual_seed(0)
+    net = _chains()[name].double()
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    layer = str(len(net) - 1)
+    before = fingerprint(net)
+    for channel in range(3):
+        p = D.project(net, x, layer, channel)
+        ref = _deconv_gradient_of_max(net, x, layer, channel)
+        assert p.shape == x.shape
+        torch.testing.assert_close(p, ref, atol=1e-12 * (1 + float(ref.abs().max())), rtol=0)
+    # The last row and column are reached where the true reverse pass reaches them.
+    assert_same(net, before)
+
+
+def test_strided_padded_conv_keeps_the_last_row():
+    conv = nn.Conv2d(1, 1, 3, stride=2, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.arange(1.0, 10.0).view(1, 1, 3, 3))
+    p = D.project(nn.Sequential(conv), torch.ones(1, 1, 4, 4), "0", 0, top_k=4)[0, 0]
+    # Output (2x2) = [[28, 39], [42, 45]]; row 3 of the input is read by the windows of output row 1
+    # through kernel row 2 (weights 7, 8, 9): 42*7 + ... by hand.
+    out = conv(torch.ones(1, 1, 4, 4))[0, 0].detach()
+    w = conv.weight[0, 0].detach()
+    last_row = [float(out[1, 0] * w[2, 1]), float(out[1, 0] * w[2, 2] + out[1, 1] * w[2, 0]),
+                float(out[1, 1] * w[2, 1]), float(out[1, 1] * w[2, 2])]
+    assert p[3].tolist() == pytest.approx(last_row) and min(last_row) > 0
+
+
+def _seen_box(net, layer_index, size, row, col):
+    """The receptive field measured: the bounding box of the pixels whose change moves unit
+    (row, col) of channel 0 (positive weights, no bias: every tap adds, so a large bump on
+    a pixel in the field always shows, through max-pooling too)."""
+    net = copy.deepcopy(net).double()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.copy_(m.weight.abs() + 0.1)
+                if m.bias is not None:
+                    m.bias.zero_()
+    sub = net[:layer_index + 1]
+    h, w = size
+    base = torch.rand(1, 3, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    bumped = base.repeat(h * w, 1, 1, 1)
+    bumped.view(h * w, 3, h * w)[torch.arange(h * w), :, torch.arange(h * w)] += 1e4
+    with torch.no_grad():
+        moved = (sub(bumped)[:, 0, row, col] - sub(base)[0, 0, row, col]).abs() > 1e-6
+    ys, xs = torch.nonzero(moved.view(h, w), as_tuple=True)
+    if len(ys) == 0:
+        return (0, 0, 0, 0)
+    return int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1
+
+
+@pytest.mark.parametrize("name", list(_chains()))
+def test_receptive_field_is_what_the_unit_can_see(name):
+    torch.manual_seed(0)
+    net = _chains()[name]
+    size = (17, 13)
+    x = torch.randn(1, 3, *size)
+    for layer_index in range(len(net)):
+        with torch.no_grad():
+            h, w = net[:layer_index + 1](x).shape[-2:]
+        for row, col in {(0, 0), (h - 1, w - 1), (h // 2, w // 2), (0, w - 1)}:
+            ours = D.receptive_field(net, x, str(layer_index), row, col)
+            assert ours == _seen_box(net, layer_index, size, row, col), (layer_index, row, col)
+    with pytest.raises(ValueError, match=r"row must be an int >= 0 and <= \d+ \(a row of the layer's"):
+        D.receptive_field(net, x, str(len(net) - 1), 99, 0)
+    with pytest.raises(TypeError, match="col must be an int"):
+        D.receptive_field(net, x, str(len(net) - 1), 0, 1.5)
+
+
+def test_top_activations_on_a_strided_dilated_net():
+    torch.manual_seed(1)
+    net = _chains()["pool-ceil"].double()
+    images = torch.randn(7, 3, 15, 13, dtype=torch.float64)
+    t = D.top_activations(net, images, "3", 2, k=3, batch_size=2)  # several search batches
+    for j, i in enumerate(t.index.tolist()):
+        ref = _deconv_gradient_of_max(net, images[i:i + 1], "3", 2)
+        torch.testing.assert_close(t.projection[j:j + 1], ref, atol=1e-12 * float(ref.abs().max()), rtol=0)
+        r, c = t.position[j].tolist()
+        assert t.box[j] == D.receptive_field(net, images, "3", r, c)
+        top, left, bottom, right = t.box[j]
+        outside = t.projection[j].clone()
+        outside[:, top:bottom, left:right] = 0
+        assert outside.abs().sum() == 0
+    for bad, match in [(dict(k=0), "k must be an int >= 1"), (dict(batch_size=0), "batch_size must be an int >= 1"),
+                       (dict(batch_size=-1), "batch_size"), (dict(k=2.0), "k must be an int")]:
+        with pytest.raises((ValueError, TypeError), match=match):
+            D.top_activations(net, images, "3", 2, **bad)
+    with pytest.raises(ValueError, match="return_indices"):
+        D.project(nn.Sequential(nn.MaxPool2d(2, return_indices=True)), images, "0", 0)

@@ -158,18 +158,18 @@ def test_lesion_resnet_conserves_up_to_what_the_audit_says_was_absorbed():
 
 def test_batchnorm_is_merged_exactly_and_the_copy_shares_tensors():
     model = models.load("lesion_resnet")
-    net = lrp.canonize(model)
+    x = torch.randn(2, 3, 64, 64)
+    net = lrp.canonize(model, x)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
     assert sum(isinstance(m, lrp.Add) for m in net.modules()) == 3
-    x = torch.randn(2, 3, 64, 64)
     assert torch.allclose(net(x), model(x), atol=1e-5)
     assert net.fc.weight is model.fc.weight  # nothing copied but the modules
 
 
 @pytest.mark.parametrize("bad, message", [
-    (nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.Flatten(), nn.LazyLinear(2)), "'1' of type GELU"),
+    (nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.Flatten(), nn.LazyLinear(2)), r"'1' \(GELU\)"),
     (nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2)),
-     "'2' of type BatchNorm2d"),
+     r"BatchNorm '2' \(BatchNorm2d\): it reads the output of '1' \(ReLU\)"),
 ])
 def test_unsupported_layer_raises_naming_it(bad, message):
     bad(torch.zeros(1, 3, 8, 8))  # materialise the lazy layer

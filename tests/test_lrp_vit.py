@@ -224,7 +224,7 @@ def test_audit_closes_on_lesion_vit(make):
 def test_canonised_copy_computes_the_models_logits_fused_or_not(name):
     model = models.load(name)
     x = data.normalize(synthetic.make_lesions(4, "biased", seed=0).images)
-    net = lrp.canonize(model)
+    net = lrp.canonize(model, x)
     assert isinstance(net, lrp.vit.CanonicalViT) and net.head.weight is model.head.weight
     for fused in (True, False):
         for b in model.blocks:

@@ -243,6 +243,7 @@ CHAPTER = {
 DESIGN = {
     None: {
         "64×64": "the lesion images' size (synthetic.IMAGE_SIZE)",
+        "4.0": "the version of the prose licence, CC BY 4.0",
         "2×2": "a max-pool window",
     },
     "00_the_ruler_problem": {

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import _checks as checks
 from .._guard import model_guard
 from ..data import normalize
 from .objectives import _layer_act, _Recorder, _resolve_layers, channel
@@ -21,6 +22,7 @@ __all__ = ["total_variation", "high_frequency_energy", "ruler_tick_energy", "poo
 def total_variation(x: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference between neighbouring pixels, per image (N,): the TV of
     equation 10 (book/equations.md) divided by the number of differences, so that it does not grow with size."""
+    checks.tensor(x, "x", dim=(3, 4), floating=True, shape_hint="(N, C, H, W) or (N, H, W)")
     dy = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).mean(1)
     dx = (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).mean(1)
     return dy + dx
@@ -29,6 +31,9 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 def high_frequency_energy(x: torch.Tensor, cutoff: float = 0.25) -> torch.Tensor:
     """Share of each image's spectral power (mean removed) at spatial frequencies above
     ``cutoff`` cycles per pixel (0.5 is the Nyquist limit), per image (N,)."""
+    checks.tensor(x, "x", dim=(2, 3, 4), floating=True, shape_hint="(..., H, W)")
+    cutoff = checks.real(cutoff, "cutoff", low=0.0, high=0.5, high_open=True,
+                         hint="cycles per pixel below the Nyquist limit 0.5")
     x = x - x.mean(dim=(-2, -1), keepdim=True)
     p = torch.fft.fft2(x).abs() ** 2
     fy = torch.fft.fftfreq(x.shape[-2], device=x.device).abs().view(-1, 1)
@@ -47,6 +52,13 @@ def ruler_tick_energy(x: torch.Tensor, band: int = 3, periods=(3.0, 4.0)) -> tor
     of the tick-frequency component, in [0, 1] pixel units. On the lesion world's test
     images, those with a ruler score about ten times those without one.
     """
+    checks.tensor(x, "x", dim=(3, 4), floating=True, shape_hint="(N, 3, H, W) or (N, H, W)")
+    band = checks.integer(band, "band", low=1, high=min(x.shape[-2:]),
+                          hint="adjacent rows (columns) averaged, at most the image side")
+    if not isinstance(periods, (tuple, list)) or len(periods) == 0:
+        raise TypeError(f"periods must be a tuple of tick periods in pixels, got {periods!r}")
+    periods = tuple(checks.real(p, "periods", low=2.0, hint="tick periods in pixels, >= 2 (the Nyquist limit)")
+                    for p in periods)
     g = x.mean(1) if x.dim() == 4 else x  # (N, H, W) grey
     best = []
     for lines in (g, g.transpose(1, 2)):  # rows, then columns
@@ -90,4 +102,9 @@ def nearest_neighbour_distance(images: torch.Tensor, reference: torch.Tensor,
     """
     f = features or (lambda t: t.flatten(1))
     a, b = f(images).flatten(1), f(reference).flatten(1)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"reference gives {b.shape[1]} features per image but images give {a.shape[1]}: "
+                         "images and reference must have the same shape after the first dimension")
+    if len(b) == 0:
+        raise ValueError("reference holds no images")
     return torch.cdist(a, b).amin(1)

@@ -10,6 +10,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from .. import _checks as checks
+
 __all__ = ["Objective", "class_logit", "channel", "unit"]
 
 _OUTPUT = ""  # the key under which an objective finds the model's output (the logits)
@@ -45,7 +47,7 @@ class Objective:
     def __mul__(self, w):
         if not isinstance(w, numbers.Real) or isinstance(w, bool):
             return NotImplemented
-        w = float(w)
+        w = checks.real(w, "weight", hint="an objective's weight; NaN or inf would make every step NaN")
         return Objective(lambda a: w * self.fn(a), self.layers, f"{w:g} * {self.description}")
 
     __rmul__ = __mul__
@@ -58,11 +60,13 @@ class Objective:
 
 
 def _check_index(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return int(value)
+    return checks.integer(value, name, low=0)
+
+
+def _check_layer(layer) -> str:
+    if not isinstance(layer, str) or not layer:
+        raise TypeError(f"layer must be a module name such as 'features.8' (see model.named_modules()), got {layer!r}")
+    return layer
 
 
 def _layer_act(acts, layer, what):
@@ -91,7 +95,7 @@ def class_logit(c: int) -> Objective:
 
 def channel(layer: str, c: int) -> Objective:
     """The mean activation of channel ``c`` of ``layer`` over all positions."""
-    c = _check_index(c, "channel c")
+    layer, c = _check_layer(layer), _check_index(c, "channel c")
 
     def fn(acts):
         a = _layer_act(acts, layer, "channel")
@@ -105,6 +109,7 @@ def channel(layer: str, c: int) -> Objective:
 def unit(layer: str, c: int, y: int, x: int) -> Objective:
     """One neuron: the activation at channel ``c``, row ``y``, column ``x`` of ``layer``
     (coordinates in the layer's own grid, e.g. 0..15 for a 16x16 feature map)."""
+    layer = _check_layer(layer)
     c, y, x = (_check_index(v, n) for v, n in ((c, "channel c"), (y, "row y"), (x, "column x")))
 
     def fn(acts):

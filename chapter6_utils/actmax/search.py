@@ -2,13 +2,13 @@
 the latent space of an image generator (equation 11 (book/equations.md))."""
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
+from .. import _checks as checks
 from .._guard import model_guard
 from ..data import denormalize, gaussian_blur, normalize, pixel_bounds
 from .measures import total_variation
@@ -39,17 +39,34 @@ class ActMaxResult:
     latent: Optional[torch.Tensor] = None
 
 
-def _check_search_args(model, steps, lr, record_every, n):
+def _check_search_args(model, steps, lr, record_every, n, seed):
+    """The settings both searches share, canonical: (steps, lr, record_every, n, seed)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
-        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
-    if record_every is not None and (not isinstance(record_every, numbers.Integral) or record_every < 1):
-        raise ValueError(f"record_every must be a positive int or None, got {record_every!r}")
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
+    return (checks.integer(steps, "steps", low=0, hint="ascent steps; 0 returns the start"),
+            checks.real(lr, "lr", low=0.0, low_open=True, hint="Adam's step size"),
+            checks.integer(record_every, "record_every", low=1, none_ok=True),
+            checks.integer(n, "n", low=1, hint="images searched at once"),
+            checks.seed(seed))
+
+
+def _check_start(t, name, shape):
+    """A starting tensor given by the caller: floating, of ``shape``, finite."""
+    checks.tensor(t, name, floating=True, shape_hint=f"of shape {shape}")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(t.shape)}; expected {tuple(shape)}")
+    return checks.finite(t.detach(), name, cause="a search from NaN or inf stays NaN")
+
+
+def _check_result(trace, image, what):
+    """The search stayed finite, or an error saying at which step it stopped being so."""
+    values = torch.stack(trace)
+    bad = ~torch.isfinite(values)
+    if bool(bad.any()) or not bool(torch.isfinite(image).all()):
+        step = int(bad.nonzero()[0]) if bool(bad.any()) else len(trace) - 1
+        raise ValueError(f"{what}: the objective became non-finite at step {step} (NaN or inf in the model's "
+                         "weights or activations, or an objective that overflows); lower lr or check the model")
+    return values
 
 
 def _device_of(model):
@@ -94,22 +111,19 @@ def maximize(model: nn.Module, objective: Objective, steps: int = 256, lr: float
         ValueError / TypeError for an unknown layer, an out-of-range class, channel or
         position, or bad search settings; before any step is taken.
     """
-    _check_search_args(model, steps, lr, record_every, n)
-    for v, name in ((l2, "l2"), (tv, "tv"), (blur_sigma, "blur_sigma")):
-        if not v >= 0:
-            raise ValueError(f"{name} must be >= 0, got {v!r}")
-    if not isinstance(blur_every, numbers.Integral) or blur_every < 0:
-        raise ValueError(f"blur_every must be an int >= 0 (0: no blur), got {blur_every!r}")
-    if not isinstance(jitter, numbers.Integral) or jitter < 0:
-        raise ValueError(f"jitter must be an int >= 0, got {jitter!r}")
+    steps, lr, record_every, n, seed = _check_search_args(model, steps, lr, record_every, n, seed)
+    l2 = checks.real(l2, "l2", low=0.0, hint="weight of the L2 penalty")
+    tv = checks.real(tv, "tv", low=0.0, hint="weight of the total-variation penalty")
+    blur_sigma = checks.real(blur_sigma, "blur_sigma", low=0.0, hint="the blur's std in pixels")
+    blur_every = checks.integer(blur_every, "blur_every", low=0, hint="0: no blur")
+    size = checks.integer(image_size, "image_size", low=1, none_ok=True, hint="the side of the image in pixels")
+    size = size or int(getattr(getattr(model, "ch6", None), "input_size", 224))
+    jitter = checks.integer(jitter, "jitter", low=0, high=size - 1, hint="pixels, less than the image side")
     modules = _resolve_layers(model, objective)
-    size = int(image_size or getattr(getattr(model, "ch6", None), "input_size", 224))
     dev, dtype = _device_of(model)
-    gen = torch.Generator().manual_seed(int(seed))  # CPU generator: same numbers on every device
+    gen = torch.Generator().manual_seed(seed)  # CPU generator: same numbers on every device
     if init is not None:
-        if init.shape != (n, 3, size, size):
-            raise ValueError(f"init has shape {tuple(init.shape)}; expected ({n}, 3, {size}, {size})")
-        start = init.detach().to(dev, dtype).clamp(0, 1)
+        start = _check_start(init, "init", (n, 3, size, size)).to(dev, dtype).clamp(0, 1)
     else:
         start = (0.5 + 0.1 * torch.randn(n, 3, size, size, generator=gen)).clamp(0, 1).to(dev, dtype)
     low, high = pixel_bounds(dev, dtype)
@@ -153,7 +167,8 @@ def maximize(model: nn.Module, objective: Objective, steps: int = 256, lr: float
                 keep(steps)
         finally:
             rec.close()
-    return ActMaxResult(image=frames[-1], trace=torch.stack(trace).tolist(), frames=frames,
+    values = _check_result(trace, frames[-1], "maximize")
+    return ActMaxResult(image=frames[-1], trace=values.tolist(), frames=frames,
                         frame_steps=frame_steps, objective=objective.description)
 
 
@@ -184,22 +199,19 @@ def dgn_am(model: nn.Module, generator: nn.Module, objective: Objective, steps: 
     Returns:
         :class:`ActMaxResult` with ``image`` = G(z*) in [0, 1] and ``latent`` = z* (n, z).
     """
-    _check_search_args(model, steps, lr, record_every, n)
+    steps, lr, record_every, n, seed = _check_search_args(model, steps, lr, record_every, n, seed)
     if not isinstance(generator, nn.Module):
         raise TypeError(f"generator must be a torch.nn.Module, got {type(generator).__name__}")
-    if not l2_latent >= 0:
-        raise ValueError(f"l2_latent must be >= 0, got {l2_latent!r}")
+    l2_latent = checks.real(l2_latent, "l2_latent", low=0.0, hint="the lambda of equation 11 (book/equations.md)")
     zdim = getattr(generator, "latent_dim", None)
     if zdim is None:
         raise ValueError("the generator has no latent_dim attribute: set generator.latent_dim to the size of its code")
     modules = _resolve_layers(model, objective)
     dev, dtype = _device_of(model)
     if z_init is not None:
-        if z_init.shape != (n, zdim):
-            raise ValueError(f"z_init has shape {tuple(z_init.shape)}; expected ({n}, {zdim})")
-        z0 = z_init.detach().to(dev, dtype)
+        z0 = _check_start(z_init, "z_init", (n, zdim)).to(dev, dtype)
     else:
-        z0 = torch.randn(n, zdim, generator=torch.Generator().manual_seed(int(seed))).to(dev, dtype)
+        z0 = torch.randn(n, zdim, generator=torch.Generator().manual_seed(seed)).to(dev, dtype)
 
     with torch.inference_mode(False), torch.enable_grad(), model_guard(model), model_guard(generator):
         rec = _Recorder(modules)
@@ -226,5 +238,6 @@ def dgn_am(model: nn.Module, generator: nn.Module, objective: Objective, steps: 
                 opt.step()
         finally:
             rec.close()
-    return ActMaxResult(image=frames[-1], trace=torch.stack(trace).tolist(), frames=frames,
+    values = _check_result(trace, frames[-1], "dgn_am")
+    return ActMaxResult(image=frames[-1], trace=values.tolist(), frames=frames,
                         frame_steps=frame_steps, objective=objective.description, latent=z.detach())

@@ -4,13 +4,13 @@ activations of one feature channel down to the pixels; the image patches that ex
 feature most; the input region an activation can see."""
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import _checks as checks
 from .._guard import check_input, model_guard
 
 __all__ = ["project", "top_activations", "TopActivations", "receptive_field"]
@@ -94,14 +94,54 @@ def _forward_to(model, x, layer):
             raise ValueError(f"cannot invert '{n}' ({type(m).__name__}): project inverts only Conv2d, ReLU "
                              "and MaxPool2d (and Identity, Dropout in eval mode), as in Zeiler & Fergus's "
                              "deconvnet; pick a layer before it (e.g. in lesion_cnn's or VGG-16's features)")
-        if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
-            raise ValueError(f"cannot invert '{n}' (Conv2d with padding_mode={m.padding_mode!r}): only zero padding")
+        if isinstance(m, nn.MaxPool2d) and m.return_indices:
+            raise ValueError(f"cannot invert '{n}' (MaxPool2d with return_indices=True): its output is a "
+                             "pair, not a feature map; project records the switches itself, so use "
+                             "return_indices=False")
         steps.append(_Step(n, m, inp.shape, idx))
         prev = out
     if result["out"] is not prev:
         raise ValueError(f"cannot invert the output of '{name}' ({type(target_module).__name__}): it is not the "
                          "output of the last module called before it")
     return result["out"], steps
+
+
+def _conv_padding(m: nn.Conv2d):
+    """The zero rows/columns a Conv2d adds around its input, ``(top, bottom, left, right)``:
+    ``padding`` as ints, ``"valid"`` (none) or ``"same"`` (``d * (k - 1)`` in all, the odd
+    one after the input, as torch pads)."""
+    k, d = _pair(m.kernel_size), _pair(m.dilation)
+    if m.padding == "valid":
+        return 0, 0, 0, 0
+    if m.padding == "same":
+        total = [d[i] * (k[i] - 1) for i in range(2)]
+        return total[0] // 2, total[0] - total[0] // 2, total[1] // 2, total[1] - total[1] // 2
+    p = _pair(m.padding)
+    return p[0], p[0], p[1], p[1]
+
+
+def _transposed_conv(m: nn.Conv2d, r, in_shape):
+    """The transposed convolution with the forward weights (no bias), back to the recorded
+    input size: Zeiler & Fergus's "filtering" step, the exact adjoint of the convolution.
+
+    ``output_padding`` gives back the rows and columns a strided convolution reads but whose
+    position no window starts from (a 3x3 stride-2 convolution on 4 rows with padding 1
+    reads row 3 in its last window; a plain transposed convolution returns 3 rows and
+    would lose what row 3 contributed)."""
+    top, bottom, left, right = _conv_padding(m)
+    k, s, d = _pair(m.kernel_size), _pair(m.stride), _pair(m.dilation)
+    padded = (in_shape[-2] + top + bottom, in_shape[-1] + left + right)
+    extra = tuple(padded[i] - ((r.shape[-2 + i] - 1) * s[i] + d[i] * (k[i] - 1) + 1) for i in range(2))
+    r = F.conv_transpose2d(r, m.weight, None, s, 0, extra, m.groups, d)  # on the padded input
+    if m.padding_mode == "zeros":
+        return r[..., top:top + in_shape[-2], left:left + in_shape[-1]]  # the zeros were no pixels
+    # reflect / replicate / circular padding copies pixels: the adjoint of that copy adds the
+    # signal at each padded position back onto the pixel it came from
+    z = torch.zeros(in_shape, dtype=r.dtype, device=r.device, requires_grad=True)
+    with torch.enable_grad():
+        padded_z = F.pad(z, (left, right, top, bottom), mode=m.padding_mode)
+    (r,) = torch.autograd.grad(padded_z, z, r)
+    return r
 
 
 def _invert(steps, r):
@@ -111,17 +151,14 @@ def _invert(steps, r):
         if isinstance(m, nn.ReLU):
             r = r.clamp(min=0)  # equation 3 (book/equations.md), deconvnet rule
         elif isinstance(m, nn.MaxPool2d):
-            # Unpool: each value goes back to the position its window's maximum came from;
-            # overlapping windows add up, as the gradient does.
+            # Unpool: each value goes back to the position its window's maximum came from
+            # (the switches index the unpadded input plane, whatever the kernel, stride,
+            # padding, dilation or ceil_mode); overlapping windows add up, as the gradient does.
             n, c, h, w = step.in_shape
             r = torch.zeros(n, c, h * w, device=r.device, dtype=r.dtype).scatter_add_(
                 2, step.switches.flatten(2), r.flatten(2)).view(n, c, h, w)
         elif isinstance(m, nn.Conv2d):
-            r = F.conv_transpose2d(r, m.weight, None, m.stride, m.padding, 0, m.groups, m.dilation)
-            # A strided convolution forgets trailing rows/columns of its input; give them back as zeros.
-            dh, dw = step.in_shape[-2] - r.shape[-2], step.in_shape[-1] - r.shape[-1]
-            if dh or dw:
-                r = F.pad(r, (0, dw, 0, dh))
+            r = _transposed_conv(m, r, step.in_shape)
         # Identity and Dropout (eval) pass the signal unchanged.
     return r
 
@@ -137,12 +174,9 @@ def _keep_top(a, channel, top_k):
 
 
 def _check_channel(a, channel, name):
-    if isinstance(channel, bool) or not isinstance(channel, numbers.Integral):
-        raise TypeError(f"channel must be an int, got {type(channel).__name__}")
-    if a.dim() != 4:
-        raise ValueError(f"layer '{name}' outputs shape {tuple(a.shape)}; project needs a (N, C, H, W) feature map")
-    if not 0 <= channel < a.shape[1]:
-        raise ValueError(f"channel {channel} is out of range: layer '{name}' has {a.shape[1]} channels")
+    if not isinstance(a, torch.Tensor) or a.dim() != 4:
+        raise ValueError(f"layer '{name}' outputs {_shape(a)}; project needs a (N, C, H, W) feature map")
+    checks.integer(channel, "channel", low=0, high=a.shape[1] - 1, hint=f"layer '{name}' has {a.shape[1]} channels")
 
 
 def project(model, x, layer, channel: int, top_k: int = 1):
@@ -171,11 +205,13 @@ def project(model, x, layer, channel: int, top_k: int = 1):
 
     Returns:
         (N, C, H, W) on x's device; zero outside the receptive field of the kept units.
+        Exact for every kernel size, stride, padding (ints, ``"same"``, ``"valid"``, any
+        ``padding_mode``), dilation and group count of the convolutions and every kernel,
+        stride, padding, dilation and ``ceil_mode`` of the max-pooling, at any input size.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
+    top_k = checks.integer(top_k, "top_k", low=1, hint="activations kept per image")
     check_input(model, x)
     with torch.inference_mode(False), torch.no_grad(), model_guard(model):
         x = x.detach().clone() if x.is_inference() else x.detach()
@@ -186,29 +222,71 @@ def project(model, x, layer, channel: int, top_k: int = 1):
 
 
 def receptive_field(model, x, layer, row: int, col: int):
-    """The input box ``(top, left, bottom, right)`` (bottom/right exclusive, clipped to the
-    image) that unit ``(row, col)`` of ``layer``'s output sees, from the kernel, stride,
-    padding and dilation of the chain of modules below it (same chains as :func:`project`)."""
+    """The input box ``(top, left, bottom, right)`` (bottom/right exclusive) that unit
+    ``(row, col)`` of ``layer``'s output sees: the smallest box holding every pixel that
+    can change that unit (same chains as :func:`project`).
+
+    Followed down the chain from the kernel, stride, padding and dilation of each
+    convolution and max-pooling (``ceil_mode`` windows included): a padded position is
+    no pixel (zero padding; max-pooling pads with -inf) unless the convolution's
+    ``padding_mode`` copies one (reflect, replicate, circular); with dilation the taps
+    that fall on padding are left out, so the box is tight at the image border too."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_input(model, x)
     with torch.inference_mode(False), torch.no_grad(), model_guard(model):
-        _, steps = _forward_to(model, x[:1].detach(), layer)
-    return _box(steps, row, col, x.shape[-2], x.shape[-1])
+        a, steps = _forward_to(model, x[:1].detach(), layer)
+    if not isinstance(a, torch.Tensor) or a.dim() != 4:
+        raise ValueError(f"layer '{steps[-1].name if steps else layer}' outputs {_shape(a)}; receptive_field "
+                         "needs a (N, C, H, W) feature map")
+    h, w = a.shape[-2:]
+    row = checks.integer(row, "row", low=0, high=h - 1, hint=f"a row of the layer's {h}x{w} output grid")
+    col = checks.integer(col, "col", low=0, high=w - 1, hint=f"a column of the layer's {h}x{w} output grid")
+    return _box(steps, row, col)
 
 
 def _pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-def _box(steps, row, col, height, width):
-    lo, hi = [row, col], [row, col]
+def _shape(a):
+    return tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__
+
+
+def _fold(i: int, n: int, mode: str):
+    """The pixel a padded position ``i`` of an ``n``-pixel axis reads, or None (no pixel)."""
+    if 0 <= i < n:
+        return i
+    if mode == "reflect":
+        return -i if i < 0 else 2 * (n - 1) - i
+    if mode == "replicate":
+        return min(max(i, 0), n - 1)
+    if mode == "circular":
+        return i % n
+    return None  # zeros (convolution) or -inf (max-pooling): not a pixel
+
+
+def _box(steps, row, col):
+    """The exact box: per axis, the set of input positions the unit depends on, carried down
+    the chain (separable: every kernel here is a rectangle)."""
+    seen = [{row}, {col}]
     for step in reversed(steps):
         m = step.module
-        if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
-            k, s, p, d = (_pair(v) for v in (m.kernel_size, m.stride, m.padding, m.dilation))
-            for i in range(2):
-                lo[i] = lo[i] * s[i] - p[i]
-                hi[i] = hi[i] * s[i] - p[i] + d[i] * (k[i] - 1)
-    return (max(lo[0], 0), max(lo[1], 0), min(hi[0] + 1, height), min(hi[1] + 1, width))
+        if not isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
+            continue
+        k, s, d = (_pair(v) for v in (m.kernel_size, m.stride, m.dilation))
+        if isinstance(m, nn.Conv2d):
+            top, _, left, _ = _conv_padding(m)
+            start, mode = (top, left), m.padding_mode
+        else:
+            start, mode = _pair(m.padding), "zeros"
+        for i in range(2):
+            n = step.in_shape[-2 + i]
+            taps = (_fold(o * s[i] - start[i] + d[i] * j, n, mode) for o in seen[i] for j in range(k[i]))
+            seen[i] = {t for t in taps if t is not None}
+    if not seen[0] or not seen[1]:
+        return 0, 0, 0, 0  # the unit reads padding only: it sees no pixel
+    return min(seen[0]), min(seen[1]), max(seen[0]) + 1, max(seen[1]) + 1
 
 
 @dataclass
@@ -248,9 +326,8 @@ def top_activations(model, images, layer, channel: int, k: int = 9, batch_size: 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_input(model, images)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an int >= 1, got {k!r}")
-    k = min(k, images.shape[0])
+    k = min(checks.integer(k, "k", low=1, hint="how many images to show"), images.shape[0])
+    batch_size = checks.integer(batch_size, "batch_size", low=1, hint="images per forward pass")
     best_v, best_p = [], []
     with torch.inference_mode(False), torch.no_grad(), model_guard(model):
         for start in range(0, images.shape[0], batch_size):
@@ -267,8 +344,7 @@ def top_activations(model, images, layer, channel: int, k: int = 9, batch_size: 
         a, steps = _forward_to(model, images[index].detach(), layer)
         kept, _, _ = _keep_top(a, channel, 1)
         proj = _invert(steps, kept)
-    H, W = images.shape[-2:]
-    boxes = [_box(steps, int(r), int(c), H, W) for r, c in position.tolist()]
+    boxes = [_box(steps, int(r), int(c)) for r, c in position.tolist()]
     patch = [images[i, :, t:b, l:r].detach() for i, (t, l, b, r) in zip(index.tolist(), boxes)]
     proj_patch = [proj[j, :, t:b, l:r] for j, (t, l, b, r) in enumerate(boxes)]
     return TopActivations(name, int(channel), index, value, position, boxes, patch, proj, proj_patch)

@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from .. import _checks as checks
 from .._guard import attribution_method, class_scores
 
 __all__ = ["RULES", "relu_backward", "relu_rule", "deconvnet", "guided_backprop"]
@@ -26,6 +27,12 @@ def relu_backward(a: torch.Tensor, g: torch.Tensor, rule: str) -> torch.Tensor:
     * ``"deconvnet"``: ``max(g, 0)`` (the forward mask is ignored; Zeiler & Fergus, 2014);
     * ``"guided"``: ``max(g, 0) * [a > 0]`` (both; Springenberg et al., 2015).
     """
+    checks.choice(rule, "rule", RULES)
+    checks.tensor(a, "a")
+    checks.tensor(g, "g")
+    if a.shape != g.shape:
+        raise ValueError(f"g has shape {tuple(g.shape)} but a has {tuple(a.shape)}; the incoming signal g and the "
+                         "ReLU's forward input a must have the same shape")
     if rule == "backprop":
         return g * (a > 0)
     if rule == "deconvnet":
@@ -94,8 +101,8 @@ def relu_rule(model: nn.Module, rule: str):
     attribution methods here do): the hooks and ``inplace`` flags are then put back even
     on an error.
     """
-    if rule not in RULES:
-        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    checks.instance(model, "model", nn.Module, "a torch.nn.Module")
+    checks.choice(rule, "rule", RULES)
     relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
     if not relus:
         raise ValueError(f"{type(model).__name__} has no nn.ReLU module: the {rule!r} rule of equation 3 (book/equations.md) "

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .. import _checks as checks
 from .._guard import check_input, check_target, model_guard
 from ..data import gaussian_blur, normalize
 
@@ -37,21 +38,24 @@ def _baseline(x: torch.Tensor, kind: str, blur_sigma: float | None) -> torch.Ten
         return normalize(torch.zeros_like(x)).expand_as(x)
     if kind == "mean":  # each image's own mean colour
         return x.mean(dim=(2, 3), keepdim=True).expand_as(x)
-    if kind == "blur":
-        return gaussian_blur(x, blur_sigma if blur_sigma is not None else x.shape[-1] / 16, padding="replicate")
-    raise ValueError(f"baseline must be 'blur', 'mean' or 'zero', got {kind!r}")
+    return gaussian_blur(x, blur_sigma if blur_sigma is not None else x.shape[-1] / 16, padding="replicate")
 
 
 def _curve(kind, model, x, target, ranking, baseline, steps, score, batch_size, blur_sigma):
     check_input(model, x)
     n, _, h, w = x.shape
+    checks.tensor(ranking, "attribution", shape_hint="(N, H, W)")
     if ranking.shape != (n, h, w):
-        raise ValueError(f"map has shape {tuple(ranking.shape)}; expected (N, H, W) = {(n, h, w)} "
+        raise ValueError(f"attribution has shape {tuple(ranking.shape)}; expected (N, H, W) = {(n, h, w)} "
                          "(reduce channels first, e.g. Method.__call__ or .sum(1))")
-    if score not in ("probability", "logit"):
-        raise ValueError(f"score must be 'probability' or 'logit', got {score!r}")
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    checks.finite(ranking, "attribution", cause="a NaN has no place in a ranking of pixels; check the method's map")
+    checks.choice(baseline, "baseline", ("blur", "mean", "zero"))
+    checks.choice(score, "score", ("probability", "logit"))
+    steps = checks.integer(steps, "steps", low=1, hint="the curve has steps + 1 points")
+    batch_size = checks.integer(batch_size, "batch_size", low=1, hint="steps evaluated per forward pass")
+    # blur_sigma 0 would make the baseline the image itself: a flat curve that measures nothing
+    blur_sigma = checks.real(blur_sigma, "blur_sigma", low=0.0, low_open=True, none_ok=True,
+                             hint="the blurred baseline's std in pixels; None: W / 16")
     target = check_target(target, n, device=x.device)
     base = _baseline(x, baseline, blur_sigma)
     # position[i, p]: where pixel p of image i comes in the map's order (0 = most important).
@@ -106,14 +110,20 @@ def insertion_curve(model, x, target, attribution, baseline: str = "blur", steps
 
 def random_map(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """An (N, H, W) map of uniform noise: the order deletion is compared with."""
-    gen = torch.Generator().manual_seed(seed)
+    checks.tensor(x, "x", dim=4, shape_hint="(N, C, H, W)")
+    gen = torch.Generator().manual_seed(checks.seed(seed))
     return torch.rand((x.shape[0],) + tuple(x.shape[2:]), generator=gen).to(x.device)
 
 
 # --------------------------------------------------------------------------- ground truth
 def _check_mask(evidence: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    checks.tensor(evidence, "evidence", shape_hint="(N, H, W)")
+    checks.tensor(mask, "mask", shape_hint="(N, H, W)")
     if evidence.shape != mask.shape or evidence.dim() != 3:
-        raise ValueError(f"map {tuple(evidence.shape)} and mask {tuple(mask.shape)} must both be (N, H, W)")
+        raise ValueError(f"evidence {tuple(evidence.shape)} and mask {tuple(mask.shape)} must both be (N, H, W)")
+    checks.finite(evidence, "evidence", cause="check the method's map before scoring it")
+    if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError("mask must be boolean (or 0/1): LesionSet.ruler_mask, .lesion_mask")
     if (evidence < 0).any():
         raise ValueError("the map has negative values: pass evidence (Method.evidence: |map| for "
                          "sensitivity maps, the positive part for signed relevance)")
@@ -148,6 +158,7 @@ def pointing_game(evidence: torch.Tensor, mask: torch.Tensor, tolerance: int = 0
     """Whether each map's maximum falls on ``mask`` (grown by ``tolerance`` pixels), (N,)
     bool (Zhang et al., 2018). Ties for the maximum count as a hit if any tied pixel hits."""
     mask = _check_mask(evidence, mask)
+    tolerance = checks.integer(tolerance, "tolerance", low=0, hint="pixels the mask is grown by")
     if tolerance > 0:
         k = 2 * tolerance + 1
         mask = F.max_pool2d(mask[:, None].float(), k, stride=1, padding=tolerance)[:, 0] > 0

@@ -6,9 +6,14 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .. import viz
+from .. import _checks, viz
 
 __all__ = ["randomization_grid", "similarity_curves", "curves_figure", "agreement_figure"]
+
+
+def _check_results(results, name, what):
+    if not isinstance(results, dict) or not results:
+        raise TypeError(f"{name} must be a non-empty dict {{method name: {what}}}, got {results!r:.80}")
 
 
 def randomization_grid(results: dict, index: int = 0, image=None, labels: dict | None = None,
@@ -21,8 +26,11 @@ def randomization_grid(results: dict, index: int = 0, image=None, labels: dict |
     ``results``: {name: RandomizationResult} over the same layers; ``image``: the
     normalised input (3, H, W), drawn first when given.
     """
+    _check_results(results, "results", "RandomizationResult")
     names = list(results)
     layers = results[names[0]].layers
+    n_images = results[names[0]].maps.shape[1]
+    index = _checks.integer(index, "index", low=0, high=n_images - 1, hint=f"an image of the {n_images} compared")
     labels = labels or {}
     offset = 1 if image is not None else 0
     ncols = len(layers) + offset
@@ -60,6 +68,10 @@ def randomization_grid(results: dict, index: int = 0, image=None, labels: dict |
 def similarity_curves(results: dict, labels: dict | None = None, metrics=("spearman", "ssim")):
     """Mean similarity to the trained map (with the spread over images) after each step,
     one line per method: the summary plot of Adebayo et al. (2018)."""
+    _check_results(results, "results", "RandomizationResult")
+    if isinstance(metrics, str) or not metrics:
+        raise TypeError(f"metrics must be a non-empty tuple of 'spearman' and/or 'ssim', got {metrics!r}")
+    metrics = [_checks.choice(m, "metrics", ("spearman", "ssim")) for m in metrics]
     labels = labels or {}
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.8), squeeze=False,
                              layout="constrained")
@@ -86,6 +98,7 @@ def similarity_curves(results: dict, labels: dict | None = None, metrics=("spear
 def curves_figure(curves: dict, labels: dict | None = None):
     """Deletion and insertion curves, mean over images, areas in the legend.
     ``curves``: {name: (deletion Curve, insertion Curve)}."""
+    _check_results(curves, "curves", "(deletion Curve, insertion Curve)")
     labels = labels or {}
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
     for name, pair in curves.items():
@@ -103,7 +116,10 @@ def curves_figure(curves: dict, labels: dict | None = None):
 
 
 def agreement_figure(result, labels: dict | None = None):
-    """The agreement matrix as a heatmap with its values written in."""
+    """The agreement matrix as a heatmap with its values written in (``result``: an
+    :class:`~chapter6_utils.evaluation.Agreement`)."""
+    if not hasattr(result, "names") or not hasattr(result, "matrix"):
+        raise TypeError(f"result must be an Agreement (evaluation.agreement(maps)), got {type(result).__name__}")
     labels = labels or {}
     names = [labels.get(n, n) for n in result.names]
     mat = result.matrix.cpu().numpy()

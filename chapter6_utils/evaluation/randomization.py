@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .. import _checks as checks
 from .._guard import check_input, check_target
-from .registry import get_method, is_vit
+from .registry import Method, _check_options, get_method, is_vit
 from .similarity import spearman, ssim
 
 __all__ = ["randomization_layers", "randomized_models", "model_randomization", "randomization_sweep",
@@ -36,6 +37,7 @@ def randomization_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _layers(model: nn.Module) -> list[_Layer]:
+    checks.instance(model, "model", nn.Module, "a torch.nn.Module")
     vit = is_vit(model)
     blocks = {id(b) for b in model.blocks} if vit else set()
     inside = {id(m) for b in model.blocks for m in b.modules()} if vit else set()
@@ -79,8 +81,8 @@ def randomized_models(model: nn.Module, order: str = "cascading", seed: int = 0)
     ``"independent"``: step k has only the k-th layer from the top re-initialised. Layer j
     always gets the same fresh weights for a given ``seed`` (whatever the order). The copy
     is one object re-used between steps (evaluation mode); ``model`` is never touched."""
-    if order not in ("cascading", "independent"):
-        raise ValueError(f"order must be 'cascading' or 'independent', got {order!r}")
+    checks.choice(order, "order", ("cascading", "independent"))
+    seed = checks.integer(seed, "seed", low=0, high=2 ** 48, hint="the re-initialisation draw")
     work = copy.deepcopy(model).eval()
     layers = _layers(work)
     trained = {k: v.clone() for k, v in work.state_dict().items()} if order == "independent" else None
@@ -113,7 +115,7 @@ class RandomizationResult:
 
     def final(self, metric: str = "spearman") -> torch.Tensor:
         """(N,) similarity after the last step (full randomisation for cascading)."""
-        return getattr(self, metric)[-1]
+        return getattr(self, checks.choice(metric, "metric", ("spearman", "ssim")))[-1]
 
 
 def _result(name, order, layers, maps):
@@ -128,9 +130,15 @@ def randomization_sweep(model, methods, x, target, order: str = "cascading", see
                         options=None) -> dict[str, RandomizationResult]:
     """:func:`model_randomization` for several methods, sharing each randomised model
     between them (one copy of the model, re-initialised layer by layer)."""
+    if isinstance(methods, (str, Method)):
+        methods = [methods]
+    if not isinstance(methods, (list, tuple)) or not methods:
+        raise TypeError(f"methods must be a non-empty list of method names (evaluation.METHODS), got {methods!r}")
     chosen = [get_method(m) for m in methods]
     names = [m.name for m in chosen]
-    options = options or {}
+    options = _check_options(options, names)
+    checks.choice(order, "order", ("cascading", "independent"))
+    seed = checks.integer(seed, "seed", low=0, high=2 ** 48, hint="the re-initialisation draw")
     check_input(model, x)
     target = check_target(target, x.shape[0], device=x.device)
 

@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from .. import _checks as checks
 from .._guard import check_target, model_guard
 
 __all__ = ["Method", "METHODS", "get_method", "available_methods", "method_maps", "is_vit",
@@ -159,9 +160,24 @@ def available_methods(model: nn.Module | None = None) -> list[str]:
 def method_maps(model, x, target, methods=None, options=None) -> dict[str, torch.Tensor]:
     """{name: (N, H, W) map} for ``methods`` (default: :func:`available_methods` of the
     model); ``options`` maps a name to extra options for that method."""
-    names = available_methods(model) if methods is None else list(methods)
-    options = options or {}
+    if isinstance(methods, (str, Method)):
+        methods = [methods]  # one method by name
+    names = available_methods(model) if methods is None else [get_method(m).name for m in methods]
+    options = _check_options(options, names)
     return {n: get_method(n)(model, x, target, **options.get(n, {})) for n in names}
+
+
+def _check_options(options, names) -> dict:
+    """``options``: None or {method name: {option: value}} for methods among ``names``."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise TypeError(f"options must be a dict {{method name: {{option: value}}}}, got {options!r:.80}")
+    unknown = [k for k in options if k not in names and k not in METHODS]  # a typo, not a method for another model
+    if unknown:
+        raise ValueError(f"options names {unknown}, which are no methods (run: {', '.join(names)}; registered: "
+                         f"{', '.join(METHODS)})")
+    return options
 
 
 # --------------------------------------------------------------------------- Table 1 columns
@@ -196,6 +212,7 @@ def relative_cost(model, method, x, target, repeat: int = 3, **options) -> float
             times.append(time.perf_counter() - t)
         return min(times)
 
+    repeat = checks.integer(repeat, "repeat", low=1, hint="timings per method; the best counts")
     m = get_method(method)
     base = best(lambda: METHODS["gradient"](model, x, target))
     return best(lambda: m(model, x, target, **options)) / base

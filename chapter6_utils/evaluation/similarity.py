@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .. import _checks as checks
+
 __all__ = ["spearman", "ssim", "agreement", "Agreement"]
 
 
@@ -23,14 +25,21 @@ def _ranks(v: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
+def _check_pair(a, b, names=("a", "b")):
+    for t, name in zip((a, b), names):
+        checks.tensor(t, name, dim=3, shape_hint="(N, H, W) (one map: m[None])")
+        checks.finite(t, name, cause="compare maps only once they are finite")
+    if a.shape != b.shape:
+        raise ValueError(f"maps have shapes {tuple(a.shape)} and {tuple(b.shape)}; expected the same (N, H, W)")
+
+
 def spearman(a: torch.Tensor, b: torch.Tensor, absolute: bool = True) -> torch.Tensor:
     """Spearman rank correlation between maps a[i] and b[i] over pixels, (N,).
 
     ``a``, ``b``: (N, H, W). ``absolute`` ranks |a| and |b|, as Adebayo et al. (2018) do
     (equation 15 (book/equations.md)). Ties get average ranks; a constant map gives NaN (no ranking to compare).
     """
-    if a.shape != b.shape:
-        raise ValueError(f"maps have shapes {tuple(a.shape)} and {tuple(b.shape)}; expected the same (N, H, W)")
+    _check_pair(a, b)
     a, b = a.flatten(1).double(), b.flatten(1).double()
     if absolute:
         a, b = a.abs(), b.abs()
@@ -57,8 +66,11 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> torch.Tensor:
     ``window`` uniform window, K1 = 0.01, K2 = 0.03, data range 1 and sample covariances
     (scikit-image's defaults), averaged over the valid windows.
     """
-    if a.shape != b.shape:
-        raise ValueError(f"maps have shapes {tuple(a.shape)} and {tuple(b.shape)}; expected the same (N, H, W)")
+    _check_pair(a, b)
+    window = checks.integer(window, "window", low=3, high=min(a.shape[-2:]),
+                            hint="an odd side of the square window, at most the map's")
+    if window % 2 == 0:
+        raise ValueError(f"window must be odd (a window centred on its pixel, as scikit-image's), got {window}")
     a, b = _unit_scale(a.double())[:, None], _unit_scale(b.double())[:, None]
     w = window * window
 
@@ -89,6 +101,14 @@ def agreement(maps: dict) -> Agreement:
     """Rank correlation between the (N, H, W) maps of several methods on the same images:
     where methods rank pixels alike, they agree on what matters ("convergence is
     evidence", in the chapter's words). Absolute values, as in the sanity check."""
+    if not isinstance(maps, dict) or not maps:
+        raise TypeError(f"maps must be a non-empty dict {{method name: (N, H, W) map}}, got {maps!r:.80}")
+    shapes = {tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__ for m in maps.values()}
+    if len(shapes) > 1:
+        raise ValueError(f"maps must all have one shape (N, H, W), got {sorted(map(str, shapes))}")
+    for name, m in maps.items():
+        checks.tensor(m, f"maps[{name!r}]", dim=3, shape_hint="(N, H, W)")
+        checks.finite(m, f"maps[{name!r}]", cause="compare maps only once they are finite")
     names = list(maps)
     m = len(names)
     n = maps[names[0]].shape[0]

@@ -17,9 +17,19 @@ import math
 import torch.nn as nn
 
 from .canonize import Add
-from .rules import Epsilon, Gamma, Rule, Zero, ZBox
+from .. import _checks as checks
+from .rules import Epsilon, Gamma, Pass, Rule, Zero, ZBox
 
 __all__ = ["Composite", "chapter", "epsilon_gamma_box", "all_zero", "all_epsilon"]
+
+
+def _check_rule(rule, key, none_ok):
+    checks.instance(rule, key, Rule, "an LRP rule instance such as Zero(), Epsilon(0.25), Gamma(0.25) or "
+                                     "ZBox(low, high)", none_ok=none_ok)
+    if rule is not None and (isinstance(rule, Pass) or type(rule).propagate is Rule.propagate):
+        raise TypeError(f"{key} must be a rule that redistributes relevance (Zero, Epsilon, Gamma, ZBox), got "
+                        f"{rule!r}: {type(rule).__name__} has no redistribution for a weighted layer (Pass is "
+                        "what ReLU, dropout and flatten get without asking)")
 
 
 class Composite:
@@ -28,12 +38,10 @@ class Composite:
 
     def __init__(self, *, first: Rule | None, lower: Rule, upper: Rule, dense: Rule,
                  norm: Rule | None = None, lower_share: float = 0.5, name: str = "composite"):
-        if not 0.0 <= lower_share <= 1.0:
-            raise ValueError(f"lower_share must lie in [0, 1] (the share of convolutions after the first "
-                             f"that get the lower rule), got {lower_share!r}")
-        for key, rule in dict(lower=lower, upper=upper, dense=dense).items():
-            if not isinstance(rule, Rule):
-                raise TypeError(f"{key} must be an LRP rule (Zero, Epsilon, Gamma, ZBox), got {rule!r}")
+        lower_share = checks.real(lower_share, "lower_share", low=0.0, high=1.0,
+                                  hint="the share of convolutions after the first that get the lower rule")
+        for key, rule in dict(first=first, lower=lower, upper=upper, dense=dense, norm=norm).items():
+            _check_rule(rule, key, none_ok=key in ("first", "norm"))
         self.first, self.lower, self.upper, self.dense = first, lower, upper, dense
         self.norm = norm if norm is not None else Epsilon(1e-6)
         self.lower_share, self.name = lower_share, name

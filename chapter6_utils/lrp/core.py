@@ -8,11 +8,11 @@ import torch
 import torch.nn as nn
 
 from .._guard import attribution_method, class_scores
-from .canonize import canonize
+from .canonize import _canonize
 from .composites import Composite, chapter
 from .rules import MaxAsAverage, Rule
 from .transformer import TransformerComposite, attn_lrp
-from .vit import canonize_vit, is_transformer
+from .vit import is_transformer
 
 __all__ = ["lrp", "conservation", "ConservationTable"]
 
@@ -45,7 +45,7 @@ class _Context:
     composite: object = None
 
 
-def _prepare(model, composite, maxpool):
+def _prepare(model, x, composite, maxpool):
     if maxpool not in ("winner", "average"):
         raise ValueError(f"maxpool must be 'winner' (relevance to the maximum) or 'average' "
                          f"(split in proportion, as average pooling), got {maxpool!r}")
@@ -54,7 +54,7 @@ def _prepare(model, composite, maxpool):
         if not isinstance(composite, TransformerComposite):
             raise TypeError(f"{type(model).__name__} is a transformer: its LayerNorms, softmax and attention "
                             f"products need a transformer composite, lrp.attn_lrp() or lrp.cp_lrp(); got {composite!r}")
-        net = canonize_vit(model)
+        net, plan = _canonize(model, x)
         named = list(net.named_modules())
         rules = composite.assign(named)
     else:
@@ -64,13 +64,16 @@ def _prepare(model, composite, maxpool):
                             "use a CNN composite such as lrp.chapter()")
         if not isinstance(composite, Composite):
             raise TypeError(f"composite must be a chapter6_utils.lrp.Composite (e.g. lrp.chapter()), got {composite!r}")
-        net = canonize(model)
-        named = list(net.named_modules())
+        net, plan = _canonize(model, x)
+        # Forward order, not registration order: the composite's "first" layer is the one
+        # that reads the pixels, and its lower/upper split follows the depth of the forward
+        # pass (modules the forward never calls go last and never fire).
+        named = sorted(net.named_modules(), key=lambda item: plan.order.get(item[0], len(plan.order)))
         rules = composite.assign(named)
         if maxpool == "average":
             stabiliser = getattr(composite.norm, "epsilon", 1e-6)  # the composite's pooling stabiliser
             rules.update({n: MaxAsAverage(stabiliser) for n, m in named if isinstance(m, nn.MaxPool2d)})
-    return net, [(n, m, rules[n]) for n, m in named if n in rules], composite
+    return net, plan, [(n, m, rules[n]) for n, m in named if n in rules], composite
 
 
 def _grads(total, tensors):
@@ -87,7 +90,7 @@ def _grads(total, tensors):
 def _forward(model, x, target, composite, maxpool, record):
     """One forward pass of the canonised copy with every rule hooked in; returns the
     scores (with their graph), the input leaves and the context."""
-    net, layers, composite = _prepare(model, composite, maxpool)
+    net, plan, layers, composite = _prepare(model, x, composite, maxpool)
     x0 = x.detach().clone().requires_grad_(True)
     ctx = _Context(x0, record, composite=composite)
 
@@ -104,11 +107,14 @@ def _forward(model, x, target, composite, maxpool, record):
             ctx.stages.append(_Stage(name, inputs[0], output))
         return hook
 
-    for name, module, rule in layers:
-        module.register_forward_hook(hook_for(name, rule))  # on the throwaway copy only
-    for name in getattr(net, "lrp_stages", ()) if record else ():
-        net.get_submodule(name).register_forward_hook(stage_hook(name))
+    handles = [module.register_forward_hook(hook_for(name, rule))  # on the throwaway copy only
+               for name, module, rule in layers]
+    handles += [net.get_submodule(name).register_forward_hook(stage_hook(name))
+                for name in (getattr(net, "lrp_stages", ()) if record else ())]
     ctx.logits = net(x0)
+    for h in handles:
+        h.remove()  # the graph is built; the check below reruns the plain copy
+    plan.verify(model, net, x, ctx.logits)  # the copy computes what the model computes, or an error
     scores = class_scores(ctx.logits, target, int(target.max()))
     return scores, ctx
 
@@ -139,8 +145,10 @@ def lrp(model, x, target, *, composite: Composite | None = None, maxpool: str = 
 
     Args:
         model: a network of Conv2d, Linear, ReLU, dropout, flatten, max/average pooling,
-            BatchNorm after a linear layer and torchvision ResNet blocks (canonised on a
-            light copy: the model itself is not touched; see ``lrp.canonize``).
+            BatchNorm next to a linear layer and torchvision ResNet blocks (canonised on a
+            light copy: the model itself is not touched; see ``lrp.canonize``). The copy
+            must reproduce the model's output on ``x`` to ``sqrt(eps)`` of the dtype, or
+            ``UnsupportedLayerError`` names the module where the two part.
         x: (N, C, H, W) normalised input; target: an int or N class indices.
         composite: the rule schedule; None is the chapter's (``lrp.chapter()``: z^B with
             ImageNet pixel bounds, gamma 0.25 on the lower half of the convolutions,
@@ -163,6 +171,8 @@ def lrp(model, x, target, *, composite: Composite | None = None, maxpool: str = 
     max-pooling is winner-take-all unless ``maxpool="average"``; a merged BatchNorm
     becomes the identity (Zennit leaves ``x / sqrt(1 + eps)``: see ``lrp.canonize``).
     """
+    if not isinstance(return_layers, bool):
+        raise TypeError(f"return_layers must be True or False, got {return_layers!r}")
     scores, ctx = _forward(model, x, target, composite, maxpool, return_layers)
     leaves = [ctx.input] + ctx.extra_leaves
     if not return_layers:

@@ -29,12 +29,13 @@ Conventions (chosen to match Zennit 0.5.1, the reference the tests compare again
 """
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .. import _checks as checks
 
 __all__ = ["Rule", "Zero", "Epsilon", "Gamma", "ZBox", "Pass", "MaxAsAverage", "Branch", "stabilise", "relay", "ratio"]
 
@@ -74,9 +75,17 @@ class Branch:
 
 
 def _check_number(value, name, minimum=0.0):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (minimum <= value < float("inf")):
-        raise ValueError(f"{name} must be a finite number >= {minimum}, got {value!r}")
-    return float(value)
+    return checks.real(value, name, low=minimum)
+
+
+def _check_bound(value, name):
+    """A z^B bound: None, a finite number, or a finite tensor (broadcastable to x)."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        checks.tensor(value, name, floating=True, shape_hint="(a pixel bound broadcastable to x)")
+        return checks.finite(value.detach(), name, cause="z^B bounds are the lowest and highest input values")
+    return checks.real(value, name, hint="the lowest / highest value an input can take, in the normalised space")
 
 
 def _bias_view(layer, bias, z):
@@ -179,7 +188,9 @@ class ZBox(Rule):
     ``x g_x + l g_l + h g_h``. Valid only on the layer that reads the model's input."""
 
     def __init__(self, low=None, high=None, stabiliser: float = 1e-6):
-        self.low, self.high = low, high
+        self.low, self.high = _check_bound(low, "low"), _check_bound(high, "high")
+        if isinstance(self.low, float) and isinstance(self.high, float) and not self.low < self.high:
+            raise ValueError(f"low must be below high (z^B's pixel bounds), got low={self.low:g}, high={self.high:g}")
         self.stabiliser = _check_number(stabiliser, "stabiliser")
         self.name = "zB"
 
@@ -191,10 +202,14 @@ class ZBox(Rule):
         low, high = (torch.as_tensor(v if v is not None else d, device=x.device, dtype=x.dtype)
                      for v, d in zip((self.low, self.high), default))
         try:
-            return low.expand_as(x).clone(), high.expand_as(x).clone()
+            low, high = low.expand_as(x).clone(), high.expand_as(x).clone()
         except RuntimeError as err:
             raise ValueError(f"z^B bounds of shapes {tuple(low.shape)}, {tuple(high.shape)} do not broadcast "
                              f"to the input {tuple(x.shape)}") from err
+        if bool((low >= high).any()):
+            raise ValueError(f"low must be below high everywhere (z^B's pixel bounds); low >= high at "
+                             f"{int((low >= high).sum())} of {low.numel()} input values")
+        return low, high
 
     def propagate(self, layer, inputs, z, ctx):
         x = inputs[0]
