@@ -286,7 +286,10 @@ def download(url: str, dest: Path, *, deadline: float = 60.0, max_bytes: int = 2
         req = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"})
         total = 0
         try:
-            with urllib.request.urlopen(req, timeout=min(read_timeout, deadline)) as resp, open(tmp, "wb") as fh:
+            # A silence as long as the deadline is the deadline's to report: the socket
+            # waits a second longer, so the two do not race to say the same thing.
+            silence = read_timeout if read_timeout < deadline else deadline + 1.0
+            with urllib.request.urlopen(req, timeout=silence) as resp, open(tmp, "wb") as fh:
                 announced = resp.headers.get("Content-Length")
                 announced = int(announced) if announced and announced.strip().isdigit() else None
                 for size, source in ((announced, "Content-Length"), (expected_size, "the publisher")):
