@@ -258,6 +258,13 @@ def test_localisation_metrics_on_hand_made_maps():
     assert ev.relevance_rank_accuracy(e, mask).tolist() == pytest.approx([0.5, 0.5])
     assert ev.pointing_game(e, mask).tolist() == [True, False]
     assert ev.pointing_game(e, mask, tolerance=2).tolist() == [True, True]
+    # a plateau that differs only by float32 rounding is a tie, wherever the rounding falls
+    plateau = torch.zeros(2, 4, 4)
+    plateau[:, 0, 0] = 0.7
+    plateau[:, 2, 2] = torch.tensor([0.7, 0.7]) * torch.tensor([1 + 2e-7, 1 - 2e-7])
+    assert ev.pointing_game(plateau, mask).tolist() == [True, True]
+    plateau[:, 2, 2] = 0.75  # a real difference still decides
+    assert ev.pointing_game(plateau, mask).tolist() == [False, False]
     assert torch.isnan(ev.relevance_mass(torch.zeros(1, 4, 4), mask[:1])).all()
     with pytest.raises(ValueError, match="negative"):
         ev.relevance_mass(-e, mask)

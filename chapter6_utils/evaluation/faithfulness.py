@@ -156,11 +156,16 @@ def relevance_rank_accuracy(evidence: torch.Tensor, mask: torch.Tensor) -> torch
 
 def pointing_game(evidence: torch.Tensor, mask: torch.Tensor, tolerance: int = 0) -> torch.Tensor:
     """Whether each map's maximum falls on ``mask`` (grown by ``tolerance`` pixels), (N,)
-    bool (Zhang et al., 2018). Ties for the maximum count as a hit if any tied pixel hits."""
+    bool (Zhang et al., 2018). Ties for the maximum count as a hit if any tied pixel hits.
+
+    Values within float32 rounding of the maximum (relative 1e-5) count as tied: upsampled
+    maps such as rollout's have plateaus whose pixels differ only by rounding, and which
+    of them is largest then depends on the thread count and the BLAS, not on the method."""
     mask = _check_mask(evidence, mask)
     tolerance = checks.integer(tolerance, "tolerance", low=0, hint="pixels the mask is grown by")
     if tolerance > 0:
         k = 2 * tolerance + 1
         mask = F.max_pool2d(mask[:, None].float(), k, stride=1, padding=tolerance)[:, 0] > 0
     top = evidence.flatten(1).amax(1).view(-1, 1, 1)
-    return ((evidence == top) & mask).flatten(1).any(1)
+    tied = evidence >= top - 1e-5 * top.abs()
+    return (tied & mask).flatten(1).any(1)
