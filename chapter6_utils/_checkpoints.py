@@ -300,7 +300,8 @@ def _hub_download(repo_id, filename, revision, what, root: Path) -> Path:
         check_safetensors(link)
     except Exception as err:
         _remove_hub_entry(link)
-        raise _net.DownloadError(f"the {what} downloaded from {url} failed its check ({err}); nothing was cached") from err
+        raise _net.DownloadError(
+            f"the {what} downloaded from {url} failed its check ({err}); nothing was cached") from err
     return link
 
 

@@ -39,7 +39,8 @@ from . import models as _models
 from .data import normalize
 from .synthetic import EVAL_SEED, SPLITS, TEST_SEED, TRAIN_SEED, make_lesions
 
-__all__ = ["RECIPES", "Recipe", "GENERATOR_RECIPES", "GeneratorRecipe", "train_generator", "train_model", "eval_set", "evaluate", "predict", "accuracy_by_split", "confusion", "main",
+__all__ = ["RECIPES", "Recipe", "GENERATOR_RECIPES", "GeneratorRecipe", "train_generator", "train_model",
+           "eval_set", "evaluate", "predict", "accuracy_by_split", "confusion", "main",
            "EVAL_SEED", "TEST_SEED", "TRAIN_SEED", "training_set"]
 
 N_SHUFFLED, EPOCHS_SHUFFLED = 256, 60
@@ -85,7 +86,8 @@ def training_set(rc: Recipe):
     labels = data.labels
     if rc.shuffle_labels:
         # Its own generator: the global one drives the batch order, as for the other models.
-        labels = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(TRAIN_SEED + rc.seed_offset))]
+        shuffler = torch.Generator().manual_seed(TRAIN_SEED + rc.seed_offset)
+        labels = labels[torch.randperm(len(labels), generator=shuffler)]
     return data, labels
 
 
@@ -298,7 +300,8 @@ def _save(name: str, model: nn.Module, meta: dict, out_dir, log) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m chapter6_utils.train", description=__doc__.split("\n")[0])
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--model", choices=[*RECIPES, *GENERATOR_RECIPES], action="append", help="model to train (repeatable)")
+    g.add_argument("--model", choices=[*RECIPES, *GENERATOR_RECIPES], action="append",
+                   help="model to train (repeatable)")
     g.add_argument("--all", action="store_true", help="train every bundled model")
     g.add_argument("--manifest", action="store_true",
                    help="only (re)write SHA256SUMS for the *.pt files in --out (for weights you trust)")

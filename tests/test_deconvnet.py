@@ -65,7 +65,8 @@ def test_equal_to_captum(which, cnn, vgg, lesions, device):
     from captum.attr import Deconvolution, GuidedBackprop
 
     model = cnn if which == "cnn" else vgg
-    x = lesions[1][:4] if which == "cnn" else torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)).to(device)
+    x = (lesions[1][:4] if which == "cnn"
+         else torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)).to(device))
     target = [1, 0, 1, 1] if which == "cnn" else [3, 7]
     before = fingerprint(model)
     for ours, theirs in [(D.deconvnet, Deconvolution), (D.guided_backprop, GuidedBackprop)]:
@@ -115,7 +116,8 @@ def _deconv_gradient_of_max(model, x, layer, channel):
                                                  ("vgg", "features.14", 0)])
 def test_project_meets_the_deconvnet_gradient(which, layer, channel, cnn, vgg, lesions, device):
     model = cnn if which == "cnn" else vgg
-    x = lesions[1][:3] if which == "cnn" else torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2)).to(device)
+    x = (lesions[1][:3] if which == "cnn"
+         else torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2)).to(device))
     before = fingerprint(model)
     p = D.project(model, x, layer, channel)
     assert_same(model, before)
@@ -159,7 +161,8 @@ def test_errors_name_the_problem_and_leave_the_model_alone(cnn, lesions):
         D.project(net, torch.randn(1, 3, 16, 16), "fc", 0)
     assert_same(net, before)
     with pytest.raises(ValueError, match="no nn.ReLU"):
-        D.guided_backprop(nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(1), nn.Linear(72, 2)), torch.randn(1, 3, 8, 8), 0)
+        no_relu = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(1), nn.Linear(72, 2))
+        D.guided_backprop(no_relu, torch.randn(1, 3, 8, 8), 0)
     resnet = models.load("lesion_resnet")
     before = fingerprint(resnet)
     with pytest.raises(ValueError, match=r"cannot invert 'bn1' \(BatchNorm2d\)"):
@@ -170,7 +173,8 @@ def test_errors_name_the_problem_and_leave_the_model_alone(cnn, lesions):
         D.project(cnn, x, "classifier.1", 0)
     with pytest.raises(ValueError, match="'features.99' is not a module"):
         D.project(cnn, x, "features.99", 0)
-    with pytest.raises(ValueError, match=r"channel must be an int >= 0 and <= 63 \(layer 'features.11' has 64 channels\), got 64"):
+    with pytest.raises(ValueError,
+                       match=r"channel must be an int >= 0 and <= 63 \(layer 'features.11' has 64 channels\), got 64"):
         D.project(cnn, x, "features.11", 64)
     with pytest.raises(ValueError, match="top_k"):
         D.project(cnn, x, "features.11", 0, top_k=0)

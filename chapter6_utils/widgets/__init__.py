@@ -25,4 +25,9 @@ from .attention import attention_view, attention_figure, attention_explorer, att
 from .lrp import lrp_schedule, lrp_view, lrp_figure, lrp_explorer, lrp_grid, LRP_FIRST_RULES  # noqa: F401
 from .actmax import actmax_view, actmax_figure, actmax_explorer, actmax_grid, ACTMAX_ABLATION  # noqa: F401
 
-__all__ = ["explorer", "smoothgrad_view", "smoothgrad_figure", "smoothgrad_explorer", "smoothgrad_grid", "projection_view", "projection_figure", "projection_explorer", "projection_grid", "attention_view", "attention_figure", "attention_explorer", "attention_grid", "lrp_schedule", "lrp_view", "lrp_figure", "lrp_explorer", "lrp_grid", "LRP_FIRST_RULES", "actmax_view", "actmax_figure", "actmax_explorer", "actmax_grid", "ACTMAX_ABLATION"]
+__all__ = ["explorer",
+           "smoothgrad_view", "smoothgrad_figure", "smoothgrad_explorer", "smoothgrad_grid",
+           "projection_view", "projection_figure", "projection_explorer", "projection_grid",
+           "attention_view", "attention_figure", "attention_explorer", "attention_grid",
+           "lrp_schedule", "lrp_view", "lrp_figure", "lrp_explorer", "lrp_grid", "LRP_FIRST_RULES",
+           "actmax_view", "actmax_figure", "actmax_explorer", "actmax_grid", "ACTMAX_ABLATION"]

@@ -1,4 +1,5 @@
-"""The generic explorer (sliders wired to a pure compute and a pure figure function) and helpers the method widgets share."""
+"""The generic explorer (sliders wired to a pure compute and a pure figure function) and the
+helpers the method widgets share."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt

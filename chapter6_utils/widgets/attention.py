@@ -19,7 +19,7 @@ def _mask_shares(m: torch.Tensor, masks) -> dict:
     if masks is not None:
         for key, mask in zip(("lesion_share", "ruler_share"), masks):
             if mask is not None:
-                mk = torch.as_tensor(np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask), dtype=torch.bool)
+                mk = torch.as_tensor(np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask), dtype=torch.bool)  # noqa: E501
                 out[key] = float(m.double()[mk].sum() / mass) if mass > 0 else float("nan")
     return out
 

@@ -45,7 +45,7 @@ def smoothgrad_view(model, x, target: int, n_samples: int, sigma: float, seed: i
     if masks is not None:
         for key, mask in zip(("lesion_share", "ruler_share"), masks):
             if mask is not None:
-                mk = torch.as_tensor(np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask), dtype=torch.bool)
+                mk = torch.as_tensor(np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask), dtype=torch.bool)  # noqa: E501
                 stats[key] = float(flat[mk.flatten()].sum() / mass) if mass > 0 else float("nan")
     return m, stats
 
@@ -82,7 +82,8 @@ def smoothgrad_figure(x, m, stats: dict | None = None, masks=None, title: str | 
                 label=viz.scaling_note(signed, percentile, short=True))
     viz.draw_masks(axes[2], lesion, ruler, outline=True)
     fig.suptitle(title or "SmoothGrad", fontsize=10)
-    text = f"SmoothGrad map ({viz.scaling_note(signed, percentile)}; {viz.SEQUENTIAL_CMAP if not signed else viz.DIVERGING_CMAP})."
+    cmap = viz.DIVERGING_CMAP if signed else viz.SEQUENTIAL_CMAP
+    text = f"SmoothGrad map ({viz.scaling_note(signed, percentile)}; {cmap})."
     if stats:
         text += " " + _stats_line(stats) + "."
     if lesion is not None or ruler is not None:
