@@ -2,8 +2,10 @@
 helpers the method widgets share."""
 from __future__ import annotations
 
+import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
+from IPython.display import display
 
 from .. import viz
 
@@ -12,8 +14,6 @@ from .. import viz
 def _slider(name: str, spec):
     """A slider for ``spec``: a ready widget is used as is; a sequence becomes a
     SelectionSlider over its values (first value selected)."""
-    import ipywidgets as widgets
-
     if isinstance(spec, widgets.Widget):
         return spec
     values = list(spec)
@@ -44,9 +44,6 @@ def explorer(compute_fn, figure_fn, **slider_specs):
         (dict key -> result), ``params()`` (the current settings) and ``refresh()``
         (compute if needed and redraw; called on every slider change).
     """
-    import ipywidgets as widgets
-    from IPython.display import display
-
     if not slider_specs:
         raise ValueError("explorer needs at least one slider")
     sliders = {name: _slider(name, spec) for name, spec in slider_specs.items()}

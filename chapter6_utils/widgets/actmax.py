@@ -5,6 +5,8 @@ import textwrap
 
 import matplotlib.pyplot as plt
 
+from .. import actmax
+from ..data import normalize
 from ._core import explorer
 
 
@@ -30,9 +32,6 @@ def actmax_view(model, objective, l2: float = 0.0, blur_every: int = 0, tv: floa
     noise), ``l2`` (mean squared normalised pixel), ``tv`` (:func:`~chapter6_utils.actmax.total_variation`)
     and ``high_freq`` (:func:`~chapter6_utils.actmax.high_frequency_energy`).
     """
-    from .. import actmax  # lazy, like the other method modules
-    from ..data import normalize
-
     r = actmax.maximize(model, objective, steps=int(steps), lr=lr, l2=float(l2), blur_every=int(blur_every),
                         blur_sigma=blur_sigma, tv=float(tv), jitter=int(jitter), seed=seed, image_size=image_size)
     x = r.image[:1]

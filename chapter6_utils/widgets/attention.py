@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .. import viz
+from .. import attention, viz
 from ._core import _grid_figure, _input_panel, _one_image, explorer
 
 
@@ -44,8 +44,6 @@ def attention_view(attn, image_size, layer: int, head, head_fusion: str, discard
         ``cls_lesion_share``, ``cls_ruler_share``, ``rollout_lesion_share``,
         ``rollout_ruler_share``.
     """
-    from .. import attention  # lazy: viz stays method-free, and this module imports alone
-
     if not isinstance(attn, torch.Tensor) or attn.dim() != 5 or attn.shape[0] != 1:
         raise ValueError("attn must be (1, L, heads, T, T): attention_maps of one image")
     if isinstance(image_size, int):
@@ -106,8 +104,6 @@ def attention_explorer(model, x, masks=None, discard_values=(0.0, 0.5, 0.8, 0.9,
     ruler_mask)``. Returns the :func:`explorer` VBox. In the printed book use
     :func:`attention_grid`.
     """
-    from .. import attention
-
     x = _one_image(x)
     attn = attention.attention_maps(model, x)
     n_layers, n_heads = attn.shape[1], attn.shape[2]
@@ -129,8 +125,6 @@ def attention_grid(model, x, layers=None, settings=(("mean", 0.0), ("max", 0.9),
     """The static twin of :func:`attention_explorer`: top row, the heads-mean CLS
     attention at ``layers`` (default: every block); bottom row, rollout for each
     ``(head_fusion, discard_ratio)`` in ``settings``. Returns the Figure."""
-    from .. import attention
-
     x = _one_image(x)
     attn = attention.attention_maps(model, x)
     prefix = int(getattr(model, "num_prefix_tokens", 1))

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import textwrap
 
+import ipywidgets as widgets
 import matplotlib.pyplot as plt
 
 from .. import viz
+from ..deconvnet import top_activations
 from ._core import explorer
 
 
@@ -13,8 +15,6 @@ from ._core import explorer
 def projection_view(model, images, layer, channel: int, k: int = 9):
     """The ``k`` strongest image patches of one feature with their Zeiler-Fergus
     projections: :func:`chapter6_utils.deconvnet.top_activations` (a ``TopActivations``)."""
-    from ..deconvnet import top_activations  # lazy, as for smoothgrad
-
     return top_activations(model, images, layer, int(channel), k=int(k))
 
 
@@ -111,8 +111,6 @@ def projection_explorer(model, images, layers, max_channel: int | None = None, k
     ``layers``: module names (e.g. ``["features.3", "features.8"]``); the channel slider
     runs to ``max_channel`` (default: the widest of those layers minus one); a channel a
     layer does not have prints the error in place of the figure."""
-    import ipywidgets as widgets
-
     layers = list(layers)
     if max_channel is None:
         named = dict(model.named_modules())

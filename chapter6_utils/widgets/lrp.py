@@ -6,7 +6,7 @@ import textwrap
 import matplotlib.pyplot as plt
 import torch
 
-from .. import viz
+from .. import lrp, viz
 from ._core import _class_name, _grid_figure, _one_image, explorer
 
 
@@ -21,8 +21,6 @@ def lrp_schedule(first: str = "zB", gamma: float = 0.25, epsilon: float = 0.25, 
     convolutions, LRP-epsilon on the upper ones, and the chapter's dense head (epsilon
     1e-6); ``gamma = 0`` and ``epsilon = 0`` are LRP-0. ``("zB", 0.25, 0.25)`` is
     ``lrp.chapter()``."""
-    from .. import lrp  # lazy, like the other method modules
-
     rules = {"zB": lrp.ZBox(), "gamma": lrp.Gamma(gamma), "epsilon": lrp.Epsilon(epsilon), "zero": lrp.Zero()}
     if first not in rules:
         raise ValueError(f"first must be one of {LRP_FIRST_RULES}, got {first!r}")
@@ -39,8 +37,6 @@ def lrp_view(model, x, target: int, first: str = "zB", gamma: float = 0.25, epsi
     score up to what biases and stabilisers absorbed), ``positive_share`` (share of the
     absolute relevance that is positive) and, with ``masks = (lesion, ruler)``, the
     share of the positive relevance on each (``lesion_share``, ``ruler_share``)."""
-    from .. import lrp
-
     x = _one_image(x)
     rel = lrp.lrp(model, x, int(target), composite=lrp_schedule(first, float(gamma), float(epsilon)))
     m = viz.to_map(rel[0]).float().cpu()

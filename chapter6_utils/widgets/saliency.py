@@ -4,11 +4,13 @@ from __future__ import annotations
 import math
 import textwrap
 
+import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 from .. import viz
+from ..saliency import smoothgrad
 from ._core import _class_name, _grid_figure, _input_panel, _one_image, _pick, explorer
 
 
@@ -31,8 +33,6 @@ def smoothgrad_view(model, x, target: int, n_samples: int, sigma: float, seed: i
         ``top5_share`` (share of the mass in the top 5% of pixels: lower = more spread
         out) and, with masks, ``lesion_share`` / ``ruler_share``.
     """
-    from ..saliency import smoothgrad  # lazy: written in parallel, and viz stays method-free
-
     x = _one_image(x)
     maps = smoothgrad(model, x, int(target), n_samples=int(n_samples), sigma=float(sigma), seed=int(seed))
     m = viz.to_map(maps[0] if maps.dim() == 3 else maps)
@@ -102,8 +102,6 @@ def smoothgrad_explorer(model, x, target: int, n_values=(1, 5, 10, 25, 50),
     the :func:`explorer` VBox; ``.cache`` holds the ``(m, stats)`` of every setting seen,
     keyed by ``(n_samples, sigma)``. In the printed book use :func:`smoothgrad_grid`.
     """
-    import ipywidgets as widgets
-
     x = _one_image(x)
     n_values, sigma_values = [int(v) for v in n_values], [float(v) for v in sigma_values]
     name = _class_name(model, int(target))
