@@ -1,6 +1,6 @@
 """Figures shared by the notebooks. Imports no method module: it draws what it is given.
 
-Conventions (DEVELOPERS.md): unsigned maps on a sequential colormap, signed maps on a
+Conventions (CONTRIBUTING.md, "Figures"): unsigned maps on a sequential colormap, signed maps on a
 diverging one centred at zero with symmetric limits, a colorbar, and a title that says
 what is shown. Lesion masks are drawn as cyan contours, ruler masks as yellow ones.
 
