@@ -12,9 +12,9 @@ same functions, because a rendered page has no kernel to move a slider.
 One module per method (``saliency``, ``deconvnet``, ``lrp``, ``actmax``, ``attention``) and
 ``_core`` for :func:`explorer`; everything is importable from ``chapter6_utils.widgets``.
 
-ipywidgets is imported only when a widget is built, and only APIs found in both 7.x (Colab)
-and 8.x are used: ``SelectionSlider``, ``VBox``, ``Output``, ``observe(names="value")``.
-Method modules are imported lazily too, so this module imports before they exist.
+Only ipywidgets APIs found in both 7.x (Colab) and 8.x are used: ``SelectionSlider``,
+``VBox``, ``Output``, ``observe(names="value")``. The widgets import the method modules
+they drive at module level (top floor; no method module imports a widget).
 """
 from __future__ import annotations
 
