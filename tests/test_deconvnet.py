@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from scipy.stats import spearmanr
 
-from chapter6_utils import data, models, saliency, synthetic, train
+from chapter6_utils import data, models, saliency, synthetic
 from chapter6_utils import deconvnet as D
 
 
@@ -27,7 +27,7 @@ def vgg(device):
 
 @pytest.fixture(scope="module")
 def lesions(device):
-    s = synthetic.make_lesions(48, "biased", seed=train.TEST_SEED)
+    s = synthetic.make_lesions(48, "biased", seed=synthetic.TEST_SEED)
     return s, data.normalize(s.images).to(device)
 
 
@@ -223,7 +223,7 @@ def _mean_spearman(a, b):
 
 
 def test_guided_backprop_ignores_the_randomised_head(cnn, device):
-    s = synthetic.make_lesions(64, "biased", seed=train.TEST_SEED).select(label=1)
+    s = synthetic.make_lesions(64, "biased", seed=synthetic.TEST_SEED).select(label=1)
     x = data.normalize(s.images[:12]).to(device)
     before = fingerprint(cnn)
     rand = _randomised(cnn, "classifier")
