@@ -31,7 +31,8 @@ def bench_attention(device, repeat):
 
         base = timeit(forward, repeat=repeat, device=device)
         rows.append((f"ViT-S/16 forward pass (fused attention), batch {n}", base, None))
-        rows.append((f"attention_maps + rollout (mean), batch {n}", timeit(maps_and_rollout, repeat=repeat, device=device), base))
+        rows.append((f"attention_maps + rollout (mean), batch {n}",
+                     timeit(maps_and_rollout, repeat=repeat, device=device), base))
         rows.append((f"attention_maps + rollout (max, discard 0.9), batch {n}",
                      timeit(maps_and_rollout_max, repeat=repeat, device=device), base))
     return rows

@@ -49,7 +49,17 @@ _DIGESTS: dict = {}  # (path, inode, size, mtime) -> sha256: each file is hashed
 
 
 def sha256(path: Path) -> str:
-    """SHA-256 of the file at ``path`` (hex); remembered while the file is unchanged."""
+    """SHA-256 of a file, remembered while the file is unchanged (same size and mtime).
+
+    Parameters
+    ----------
+    path : pathlib.Path
+
+    Returns
+    -------
+    str
+        64 hex digits.
+    """
     st = os.stat(path)
     key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:
@@ -62,13 +72,40 @@ def sha256(path: Path) -> str:
 
 
 def deadline_for(size: int) -> float:
-    """Total download deadline for a file of ``size`` bytes: 30 s plus ``MIN_RATE``."""
+    """Total download deadline for a file: 30 s plus its size at ``MIN_RATE``.
+
+    Parameters
+    ----------
+    size : int
+        Bytes.
+
+    Returns
+    -------
+    float
+        Seconds.
+    """
     return 30.0 + size / MIN_RATE
 
 
 def safe_torch_load(path: Path, what: str):
-    """``torch.load(path, weights_only=True)`` on the CPU; a refused or unreadable pickle
-    becomes :class:`DamagedWeights` naming the file."""
+    """``torch.load(path, weights_only=True)`` onto the CPU: no code in the file runs.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+    what : str
+        What the file is, for the error message.
+
+    Returns
+    -------
+    object
+        The unpickled tensors and containers.
+
+    Raises
+    ------
+    DamagedWeights
+        If the pickle is refused (it needs more than weights) or unreadable.
+    """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # UnpicklingError (refused global), RuntimeError (bad zip), EOFError
@@ -78,7 +115,17 @@ def safe_torch_load(path: Path, what: str):
 
 # --------------------------------------------------------------------------- bundled weights
 def read_manifest(folder: Path) -> dict[str, str]:
-    """``{file name: sha256}`` from ``<folder>/SHA256SUMS`` (empty when there is none)."""
+    """The hashes listed in ``<folder>/SHA256SUMS``.
+
+    Parameters
+    ----------
+    folder : pathlib.Path
+
+    Returns
+    -------
+    dict
+        ``{file name: sha256}``; empty when there is no manifest.
+    """
     path = Path(folder) / MANIFEST
     if not path.is_file():
         return {}
@@ -91,8 +138,21 @@ def read_manifest(folder: Path) -> dict[str, str]:
 
 
 def write_manifest(folder: Path, names=None) -> Path:
-    """Record the SHA-256 of ``names`` (default: every ``*.pt``) in ``<folder>/SHA256SUMS``,
-    keeping the other entries; written atomically. Returns the manifest's path."""
+    """Record the SHA-256 of files in ``<folder>/SHA256SUMS``, keeping the other entries.
+
+    Written atomically (a temporary file renamed into place).
+
+    Parameters
+    ----------
+    folder : pathlib.Path
+    names : sequence of str, optional
+        File names in ``folder`` (default: every ``*.pt``).
+
+    Returns
+    -------
+    pathlib.Path
+        The manifest's path.
+    """
     folder = Path(folder)
     entries = read_manifest(folder)
     names = sorted(p.name for p in folder.glob("*.pt")) if names is None else names
@@ -109,7 +169,21 @@ def write_manifest(folder: Path, names=None) -> Path:
 def check_bundled(path: Path, name: str) -> None:
     """Raise unless ``path`` is the file its folder's manifest lists, byte for byte.
 
-    The messages name the file and the two ways to restore it."""
+    Parameters
+    ----------
+    path : pathlib.Path
+        A bundled ``<name>.pt``.
+    name : str
+        The model's name, for the messages.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the folder or the file is missing.
+    DamagedWeights
+        If the file is empty, not in the manifest, or its SHA-256 differs. Each message
+        names the file and the two ways to restore it.
+    """
     path = Path(path)
     restore = (f"restore it by reinstalling the package (pip install --force-reinstall chapter6-utils) "
                f"or by retraining it: python -m chapter6_utils.train --model {name}"
@@ -137,7 +211,23 @@ def _default_weights_dir() -> Path:
 
 
 def load_bundled(path: Path, name: str) -> dict:
-    """The checked, safely unpickled checkpoint ``{"state_dict", "meta"}`` at ``path``."""
+    """The checked, safely unpickled checkpoint at ``path``.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+    name : str
+
+    Returns
+    -------
+    dict
+        ``{"state_dict": ..., "meta": ...}`` as :mod:`chapter6_utils.train` writes it.
+
+    Raises
+    ------
+    FileNotFoundError, DamagedWeights
+        As :func:`check_bundled`, or when the file holds no ``"state_dict"``.
+    """
     check_bundled(path, name)
     ckpt = safe_torch_load(path, f"the bundled weights of {name!r}")
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
@@ -147,10 +237,34 @@ def load_bundled(path: Path, name: str) -> dict:
 
 # --------------------------------------------------------------------------- torch hub
 def torch_hub_state_dict(url: str, what: str, size: int | None = None) -> dict:
-    """The state dict published at ``url`` (torch hub naming: ``<name>-<sha256 prefix>.<ext>``).
+    """The state dict published at ``url``, checked against the hash in its name.
 
-    Read from torch hub's cache when a copy there matches the published hash, else
-    downloaded there (a mismatch in either is reported, removed and never loaded)."""
+    torch hub's naming: ``<name>-<sha256 prefix>.<ext>``. Read from torch hub's cache
+    (``$TORCH_HOME/hub/checkpoints``) when a copy there matches, else downloaded there; a
+    mismatch in either is reported, removed and never loaded.
+
+    Parameters
+    ----------
+    url : str
+    what : str
+        What the file is, for messages.
+    size : int, optional
+        The published size in bytes, for the download's deadline and cap.
+
+    Returns
+    -------
+    dict
+        The state dict, on the CPU.
+
+    Raises
+    ------
+    ValueError
+        If the name carries no hash prefix.
+    ConnectionError
+        Offline with no good copy, or when the download fails (:class:`chapter6_utils._net.DownloadError`).
+    DamagedWeights
+        If the file is not a state dict.
+    """
     name = os.path.basename(urllib.parse.urlparse(url).path)
     match = torch.hub.HASH_REGEX.search(name)
     if not match or not match.group(1):
@@ -176,8 +290,15 @@ def torch_hub_state_dict(url: str, what: str, size: int | None = None) -> dict:
 
 # --------------------------------------------------------------------------- Hugging Face hub
 def hub_cache_dir() -> Path:
-    """The hub's cache folder, read from the environment now (``huggingface_hub`` reads it
-    once, at import): ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``."""
+    """The Hugging Face hub's cache folder, read from the environment now.
+
+    ``huggingface_hub`` reads it once, at import.
+
+    Returns
+    -------
+    pathlib.Path
+        ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``.
+    """
     for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
         if os.environ.get(var):
             return Path(os.environ[var]).expanduser()
@@ -186,7 +307,13 @@ def hub_cache_dir() -> Path:
 
 
 def hub_endpoint() -> str:
-    """``$HF_ENDPOINT`` (read now) or https://huggingface.co, through the mirror when one is set."""
+    """The Hugging Face hub's address, read now.
+
+    Returns
+    -------
+    str
+        ``$HF_ENDPOINT`` or https://huggingface.co, through the mirror when one is set.
+    """
     return _net.via_mirror(os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/"))
 
 
@@ -203,9 +330,20 @@ def _cached_hub_file(root: Path, repo_id: str, filename: str, revision: str) -> 
 
 
 def check_safetensors(path: Path) -> None:
-    """Raise unless ``path`` is a whole safetensors file: an 8-byte header length, a JSON
-    header, and tensor data ending exactly at the end of the file; and, when the hub
-    named its blob by SHA-256 (its ETag), that hash."""
+    """Raise unless ``path`` is a whole safetensors file.
+
+    An 8-byte header length, a JSON header, and tensor data ending exactly at the end of
+    the file; and, when the hub named its blob by SHA-256 (its ETag), that hash.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+
+    Raises
+    ------
+    DamagedWeights
+        If the file is missing, not safetensors, truncated or padded, or its hash differs.
+    """
     real = Path(path).resolve()
     if not real.is_file():
         raise DamagedWeights("the cache entry points to a missing file")
@@ -235,14 +373,33 @@ def _remove_hub_entry(path: Path) -> None:
 
 
 def hub_file(repo_id: str, filename: str = "model.safetensors", revision: str = "main", what: str = "") -> Path:
-    """A checked local copy of ``filename`` of the hub repository ``repo_id``.
+    """A checked local copy of a file of a Hugging Face hub repository.
 
-    Looked up in the hub's cache (and our fallback folder) without any network; a
-    damaged copy is reported, removed and replaced. Otherwise downloaded as
-    ``huggingface_hub`` does it (``HEAD .../resolve/<revision>/<filename>``: commit in
-    ``X-Repo-Commit``, SHA-256 in ``X-Linked-Etag``, size in ``X-Linked-Size``, the
-    file behind a redirect), but with our deadline, cap and hash check, and stored in
-    the hub's cache layout (``blobs/<etag>``, ``snapshots/<commit>/<filename>``, ``refs``).
+    Looked up in the hub's cache (and our fallback folder) without any network; a damaged
+    copy is reported, removed and replaced. Otherwise downloaded as ``huggingface_hub``
+    does it (``HEAD .../resolve/<revision>/<filename>``: the commit in ``X-Repo-Commit``,
+    the SHA-256 in ``X-Linked-Etag``, the size in ``X-Linked-Size``, the file behind a
+    redirect), but with our deadline, cap and hash check, and stored in the hub's cache
+    layout (``blobs/<etag>``, ``snapshots/<commit>/<filename>``, ``refs``).
+
+    Parameters
+    ----------
+    repo_id : str
+    filename : str, default "model.safetensors"
+    revision : str, default "main"
+    what : str, default ""
+        What the file is, for messages.
+
+    Returns
+    -------
+    pathlib.Path
+        The checked file in the cache.
+
+    Raises
+    ------
+    ConnectionError
+        Offline with no usable copy, or when the download fails or its check does
+        (:class:`chapter6_utils._net.DownloadError`; nothing is cached then).
     """
     what = what or f"{repo_id}/{filename}"
     roots = [hub_cache_dir(), _net.fallback_dir("hf-hub")]
@@ -300,18 +457,19 @@ def _hub_download(repo_id, filename, revision, what, root: Path) -> Path:
         check_safetensors(link)
     except Exception as err:
         _remove_hub_entry(link)
-        raise _net.DownloadError(f"the {what} downloaded from {url} failed its check ({err}); nothing was cached") from err
+        raise _net.DownloadError(
+            f"the {what} downloaded from {url} failed its check ({err}); nothing was cached") from err
     return link
 
 
 @contextlib.contextmanager
 def hub_offline():
-    """``huggingface_hub`` refuses every request inside the block; ``os.environ`` is untouched.
+    """A context in which ``huggingface_hub`` refuses every request; ``os.environ`` is untouched.
 
     The hub reads ``HF_HUB_OFFLINE`` from the environment once, when it is imported, so
     setting the variable later does nothing, and setting it for good would change the
-    user's own hub calls. Instead we import the hub now and switch its module flag for
-    the block only (under a lock), restoring the user's setting afterwards.
+    user's own hub calls. Instead the hub is imported now and its module flag switched for
+    the block only (under a lock); the user's setting comes back afterwards.
     """
     try:
         from huggingface_hub import constants

@@ -71,7 +71,17 @@ def _forced_offline() -> bool:
 
 # --------------------------------------------------------------------------- the mirror
 def mirror() -> Optional[str]:
-    """The stand-in server named by ``$CHAPTER6_MIRROR`` (no trailing slash), or None."""
+    """The stand-in server named by ``$CHAPTER6_MIRROR`` (no trailing slash), or None.
+
+    Returns
+    -------
+    str or None
+
+    Raises
+    ------
+    ValueError
+        If the variable is set to something other than an http(s) URL.
+    """
     value = os.environ.get("CHAPTER6_MIRROR", "").strip().rstrip("/")
     if not value:
         return None
@@ -83,7 +93,17 @@ def mirror() -> Optional[str]:
 
 
 def via_mirror(url: str) -> str:
-    """``url`` as the mirror serves it, ``<mirror>/<host><path>``; ``url`` itself without one."""
+    """``url`` as the mirror serves it.
+
+    Parameters
+    ----------
+    url : str
+
+    Returns
+    -------
+    str
+        ``<mirror>/<host><path>``, or ``url`` itself without a mirror.
+    """
     base = mirror()
     if base is None:
         return url
@@ -138,15 +158,22 @@ def _bounded(fn: Callable, budget: float, name: str):
 
 
 def online(timeout: float = 1.5) -> bool:
-    """Return True if the download hosts are reachable; probe at most once per process.
+    """Whether the download hosts are reachable; probed at most once per process.
 
-    Set ``CHAPTER6_OFFLINE=1`` (or ``true``/``yes``) to skip the probe and force the
-    offline fallbacks. Otherwise a TCP connect to ``download.pytorch.org:443`` (and,
-    if that fails instantly, ``huggingface.co:443``) decides, or to the mirror when
-    ``CHAPTER6_MIRROR`` is set; the answer is cached for the process.
+    ``CHAPTER6_OFFLINE=1`` (or ``true``/``yes``) skips the probe and forces the offline
+    fallbacks. Otherwise a TCP connect to ``download.pytorch.org:443`` (and, if that fails
+    at once, ``huggingface.co:443``) decides, or to the mirror when ``CHAPTER6_MIRROR`` is
+    set; the answer is cached for the process.
 
-    ``timeout`` bounds each connect; the whole probe, DNS lookup included, is bounded
-    by ``2 * timeout`` (3 s by default), even when the resolver hangs.
+    Parameters
+    ----------
+    timeout : float, default 1.5
+        Seconds for each connect; the whole probe, DNS lookup included, is bounded by
+        ``2 * timeout``, even when the resolver hangs.
+
+    Returns
+    -------
+    bool
     """
     if _forced_offline():
         return False
@@ -161,10 +188,16 @@ def online(timeout: float = 1.5) -> bool:
 
 
 def notice(msg: str, once: bool = False) -> None:
-    """Print ``msg`` as one line prefixed ``[chapter6_utils] `` on stdout (``once``: per process).
+    """Print ``msg`` as one line prefixed ``[chapter6_utils] `` on stdout.
 
-    stdout rather than ``warnings`` or stderr: notebooks show it plainly and it is
-    not deduplicated away on the second run of a cell.
+    stdout rather than ``warnings`` or stderr: notebooks show it plainly, and it is not
+    deduplicated away on the second run of a cell.
+
+    Parameters
+    ----------
+    msg : str
+    once : bool, default False
+        Print a given message once per process.
     """
     line = " ".join(str(msg).split())
     if once:
@@ -194,12 +227,32 @@ def _user() -> str:
 
 
 def fallback_dir(kind: str) -> Path:
-    """The per-user temporary folder used when the usual ``kind`` cache cannot be written."""
+    """The per-user temporary folder used when the usual cache of ``kind`` cannot be written.
+
+    Parameters
+    ----------
+    kind : str
+        Which cache ("cache", "hub", ...): one subfolder each.
+
+    Returns
+    -------
+    pathlib.Path
+    """
     return Path(tempfile.gettempdir()) / f"chapter6_utils-{_user()}" / kind
 
 
 def writable_dir(preferred: Path, kind: str) -> Path:
-    """``preferred`` (created) when it can be written, else :func:`fallback_dir` (said once)."""
+    """``preferred`` (created) when it can be written, else :func:`fallback_dir` (said once).
+
+    Parameters
+    ----------
+    preferred : pathlib.Path
+    kind : str
+
+    Returns
+    -------
+    pathlib.Path
+    """
     preferred = Path(preferred)
     if _can_write(preferred):
         return preferred
@@ -216,17 +269,32 @@ def _preferred_cache() -> Path:
 
 
 def cache_dir() -> Path:
-    """The download cache: ``$CHAPTER6_CACHE`` or ``~/.cache/chapter6_utils``, or the
-    per-user temporary fallback when that cannot be written."""
+    """The download cache folder.
+
+    Returns
+    -------
+    pathlib.Path
+        ``$CHAPTER6_CACHE`` or ``~/.cache/chapter6_utils``, or the per-user temporary
+        fallback when that cannot be written.
+    """
     return writable_dir(_preferred_cache(), "cache")
 
 
 def cache_path_for(url: str, folder: Path | None = None) -> Path:
-    """Where :func:`fetch` keeps ``url``: ``<folder>/<name>-<hash8><suffix>``, ``folder``
-    defaulting to the usual cache folder (whether or not it can be written).
+    """Where :func:`fetch` keeps ``url``: ``<folder>/<name>-<hash8><suffix>``.
 
-    The short hash keeps two files called ``dog.jpg`` from different sites apart;
-    the readable name keeps the cache browsable.
+    The short hash keeps two files called ``dog.jpg`` from different sites apart; the
+    readable name keeps the cache browsable.
+
+    Parameters
+    ----------
+    url : str
+    folder : pathlib.Path, optional
+        Default: the usual cache folder (whether or not it can be written).
+
+    Returns
+    -------
+    pathlib.Path
     """
     name = Path(urllib.parse.urlparse(url).path).name or "download"
     stem, suffix = os.path.splitext(name)
@@ -241,10 +309,27 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 def head(url: str, timeout: float = 10.0, follow: bool = False) -> tuple[int, dict, str]:
-    """``HEAD url``: ``(status, headers, final_url)``, within ``timeout`` seconds in all.
+    """``HEAD url`` within ``timeout`` seconds in all.
 
-    ``follow=False`` returns a redirect as it is (status 3xx, its ``Location``), as the
-    Hugging Face hub's metadata request needs. Raises :class:`DownloadError`."""
+    Parameters
+    ----------
+    url : str
+    timeout : float, default 10.0
+    follow : bool, default False
+        False returns a redirect as it is (status 3xx, its ``Location``), as the Hugging
+        Face hub's metadata request needs.
+
+    Returns
+    -------
+    status : int
+    headers : dict
+    final_url : str
+
+    Raises
+    ------
+    DownloadError
+        No answer in time, or no connection.
+    """
     def run():
         handlers = [] if follow else [_NoRedirect()]
         opener = urllib.request.build_opener(*handlers)
@@ -268,15 +353,34 @@ def head(url: str, timeout: float = 10.0, follow: bool = False) -> tuple[int, di
 
 def download(url: str, dest: Path, *, deadline: float = 60.0, max_bytes: int = 200_000_000,
              read_timeout: float = 15.0, expected_size: int | None = None) -> Path:
-    """Download ``url`` to ``dest`` and return ``dest``; does not check :func:`online`.
+    """Download ``url`` to ``dest``; does not check :func:`online`.
 
-    ``deadline``: seconds for the whole download, DNS lookup included (a server that
-    trickles bytes cannot stretch it); ``max_bytes``: larger bodies, announced or not,
-    are refused; ``read_timeout``: the longest silence tolerated within the deadline;
-    ``expected_size``: the size the publisher announced elsewhere (a hub header).
     The body is written under a temporary name and renamed to ``dest`` only when it is
-    whole, so an interrupted or short download is never cached. Raises
-    :class:`DownloadError` (a ``ConnectionError``) on any failure.
+    whole, so an interrupted or short download is never cached.
+
+    Parameters
+    ----------
+    url : str
+    dest : pathlib.Path
+    deadline : float, default 60.0
+        Seconds for the whole download, DNS lookup included (a server that trickles bytes
+        cannot stretch it).
+    max_bytes : int, default 200_000_000
+        Larger bodies, announced or not, are refused.
+    read_timeout : float, default 15.0
+        The longest silence tolerated within the deadline.
+    expected_size : int, optional
+        The size the publisher announced elsewhere (a hub header).
+
+    Returns
+    -------
+    pathlib.Path
+        ``dest``.
+
+    Raises
+    ------
+    DownloadError
+        (a ``ConnectionError``) on any failure: deadline, size cap, short body, HTTP error.
     """
     dest = Path(dest)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}-{threading.get_ident()}.part")
@@ -345,7 +449,22 @@ def first_usable(paths, check: Callable[[Path], None], what: str,
     """The first of ``paths`` (None entries skipped) that exists and passes ``check``.
 
     Each damaged one on the way is reported in one line and removed with ``remove``, or,
-    where that fails (a read-only folder), passed over: a damaged file is never used."""
+    where that fails (a read-only folder), passed over: a damaged file is never used.
+
+    Parameters
+    ----------
+    paths : iterable of pathlib.Path or None
+    check : callable
+        ``check(path)`` raises on a damaged file.
+    what : str
+        What the file is, for the report.
+    remove : callable, default pathlib.Path.unlink
+
+    Returns
+    -------
+    pathlib.Path or None
+        None when no path is usable.
+    """
     for path in paths:
         if path is None or not (path.exists() or path.is_symlink()):
             continue
@@ -364,13 +483,37 @@ def first_usable(paths, check: Callable[[Path], None], what: str,
 
 def fetch(url: str, dest: Path, *, kind: str, what: str, check: Callable[[Path], None],
           deadline: float = 60.0, max_bytes: int = 200_000_000) -> Path:
-    """A checked local copy of ``url``: ``dest`` (or its twin in the fallback folder) when
-    a copy there passes ``check``, else downloaded (through the mirror when one is set),
-    checked and renamed into place.
+    """A checked local copy of ``url``.
 
-    ``check(path)`` raises on a damaged file. A damaged cached copy is reported in one
-    line and removed (or, where it cannot be removed, passed over); offline with no good
-    copy raises ``ConnectionError`` at once. ``kind`` names the fallback folder.
+    ``dest`` (or its twin in the fallback folder) when a copy there passes ``check``, else
+    downloaded (through the mirror when one is set), checked and renamed into place. A
+    damaged cached copy is reported in one line and removed (or, where it cannot be
+    removed, passed over).
+
+    Parameters
+    ----------
+    url : str
+    dest : pathlib.Path
+    kind : str
+        Names the fallback folder.
+    what : str
+        What the file is, for messages.
+    check : callable
+        ``check(path)`` raises on a damaged file.
+    deadline, max_bytes
+        As in :func:`download`.
+
+    Returns
+    -------
+    pathlib.Path
+        The checked copy.
+
+    Raises
+    ------
+    ConnectionError
+        Offline with no good copy (at once).
+    DownloadError
+        When the download or its check fails; nothing is cached.
     """
     dest = Path(dest)
     found = first_usable([dest, fallback_dir(kind) / dest.name], check, what)

@@ -242,7 +242,7 @@ def _alphas(alpha, n_layers: int, like: torch.Tensor) -> torch.Tensor:
     if a.numel() != n_layers:
         raise ValueError(f"alpha has {a.numel()} values for {n_layers} layers; give one float or one per layer")
     if not bool(((a >= 0) & (a <= 1)).all()):  # NaN fails both comparisons
-        raise ValueError(f"alpha must lie in [0, 1] (weight of the attention against the residual identity), got {alpha!r}")
+        raise ValueError(f"alpha must lie in [0, 1] (weight of the attention against the residual identity), got {alpha!r}")  # noqa: E501
     return a.to(like.device)
 
 

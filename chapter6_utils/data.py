@@ -77,10 +77,24 @@ def _stats(x: torch.Tensor, name: str = "x") -> tuple[torch.Tensor, torch.Tensor
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
-    """ImageNet-normalise ``x`` (pixels in ``[0, 1]``): ``(x - mean) / std`` per channel.
+    """ImageNet-normalise pixels in [0, 1]: ``(x - mean) / std`` per channel.
 
-    ``x``: float tensor ``(3, H, W)`` or ``(N, 3, H, W)``, any device. Returns a new
-    tensor of the same shape, device and dtype. Inverse: :func:`denormalize`.
+    Parameters
+    ----------
+    x : torch.Tensor
+        Float pixels in [0, 1], (3, H, W) or (N, 3, H, W), on any device.
+
+    Returns
+    -------
+    torch.Tensor
+        A new tensor of x's shape, device and dtype. Inverse: :func:`denormalize`.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not a floating-point tensor (uint8 pixels: ``x.float() / 255``).
+    ValueError
+        If ``x`` is not (3, H, W) or (N, 3, H, W).
     """
     _check_image_tensor(x)
     mean, std = _stats(x)
@@ -88,21 +102,53 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 def denormalize(x: torch.Tensor) -> torch.Tensor:
-    """Undo :func:`normalize`: ``x * std + mean``; same shapes as :func:`normalize`."""
+    """Undo :func:`normalize`: ``x * std + mean`` per channel.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        A normalised float tensor, (3, H, W) or (N, 3, H, W).
+
+    Returns
+    -------
+    torch.Tensor
+        Pixels (nominally in [0, 1]) of x's shape, device and dtype.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`normalize`.
+    """
     _check_image_tensor(x)
     mean, std = _stats(x)
     return x * std + mean
 
 
 def pixel_bounds(device=None, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel range ``(low, high)`` of a normalised pixel, each shaped ``(1, 3, 1, 1)``.
+    """Per-channel range ``(low, high)`` of a normalised pixel.
 
-    ``low = (0 - mean) / std`` and ``high = (1 - mean) / std``: the values black and
-    white take after :func:`normalize`. The LRP z^B rule for the input layer
-    (equation 8 (book/equations.md)) needs them: it assumes ``l_i <= x_i <= h_i`` in the space
-    the network actually sees, which is the normalised one, not ``[0, 1]``.
-    The shape broadcasts against ``(N, 3, H, W)``; see :func:`pixel_bounds_like` for
-    full-size copies.
+    ``low = (0 - mean) / std`` and ``high = (1 - mean) / std``: the values black and white
+    take after :func:`normalize`. The LRP z^B rule for the input layer (equation 8
+    (book/equations.md); Montavon et al., 2017) assumes ``l_i <= x_i <= h_i`` in the space
+    the network sees, which is the normalised one, not [0, 1].
+
+    Parameters
+    ----------
+    device : torch.device or str, optional
+        Where the bounds live (default: the CPU).
+    dtype : torch.dtype, default torch.float32
+        A floating-point dtype.
+
+    Returns
+    -------
+    (torch.Tensor, torch.Tensor)
+        ``low`` and ``high``, each (1, 3, 1, 1), which broadcasts against (N, 3, H, W);
+        :func:`pixel_bounds_like` gives full-size copies.
+
+    Raises
+    ------
+    TypeError
+        If ``dtype`` is not a floating-point torch dtype.
     """
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
@@ -112,11 +158,24 @@ def pixel_bounds(device=None, dtype: torch.dtype = torch.float32) -> tuple[torch
 
 
 def pixel_bounds_like(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`pixel_bounds` with ``x``'s shape, device and dtype.
+    """:func:`pixel_bounds` with x's shape, device and dtype.
 
-    ``x``: ``(3, H, W)`` or ``(N, 3, H, W)``. The results are contiguous copies, not
-    expanded views, because z^B implementations make them require grad or modify
-    them in place, which a stride-0 view does not allow.
+    Parameters
+    ----------
+    x : torch.Tensor
+        A float tensor, (3, H, W) or (N, 3, H, W).
+
+    Returns
+    -------
+    (torch.Tensor, torch.Tensor)
+        ``low`` and ``high`` shaped like ``x``: contiguous copies, not expanded views,
+        because z^B implementations make them require grad or write them in place, which a
+        stride-0 view does not allow.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`normalize`.
     """
     _check_image_tensor(x)
     _stats(x)  # floating point, or an error naming x
@@ -157,11 +216,26 @@ def _fetch_image(url: str, what: str, source: str) -> Image.Image:
 def load_image(path_or_url: Union[str, os.PathLike]) -> Image.Image:
     """Open a local image file or an http(s) URL as an RGB PIL image.
 
-    URLs are downloaded once (30 s in all, 50 MB at most) into
-    :func:`chapter6_utils._net.cache_dir` and read from there afterwards without
-    touching the network; a cached file that no longer decodes is reported and
-    downloaded again. Offline, an uncached URL raises ``ConnectionError`` at once.
-    ``img.info["source"]`` records where the image came from.
+    A URL is downloaded once (30 s in all, 50 MB at most) into
+    :func:`chapter6_utils._net.cache_dir` and read from there afterwards without touching
+    the network; a cached file that no longer decodes is reported and downloaded again.
+
+    Parameters
+    ----------
+    path_or_url : str or os.PathLike
+        A file path (``~`` is expanded) or an ``http://`` / ``https://`` URL.
+
+    Returns
+    -------
+    PIL.Image.Image
+        RGB; ``img.info["source"]`` records where it came from.
+
+    Raises
+    ------
+    FileNotFoundError
+        If no file exists at the path.
+    ConnectionError
+        Offline, for a URL not in the cache (at once), or when the download fails.
     """
     if _is_url(path_or_url):
         url = path_or_url
@@ -234,15 +308,33 @@ def _check_unit_range(t: torch.Tensor, what: str) -> None:
 
 
 def preprocess(image: ImageLike, size: int = 224) -> torch.Tensor:
-    """Turn a photo into a classifier input: float32 ``(1, 3, size, size)``, normalised.
+    """Turn a photo into a classifier input, normalised.
 
-    The standard ImageNet evaluation recipe, scaled to ``size``: resize the short
-    side to ``round(size * 256 / 224)`` (256 for 224), then centre-crop ``size``.
-    An image that is already ``size x size`` is used as is, so that
-    ``to_image(preprocess(img))`` gives ``img`` back.
+    The standard ImageNet evaluation recipe, scaled to ``size``: resize the short side to
+    ``round(size * 256 / 224)`` (256 for 224), then centre-crop ``size``. An image that is
+    already ``size`` x ``size`` is used as is, so that ``to_image(preprocess(img))`` gives
+    ``img`` back.
 
-    ``image``: a PIL image, a numpy ``(H, W, 3)`` array (uint8, or float in
-    ``[0, 1]``), or a ``(3, H, W)`` tensor in ``[0, 1]``.
+    Parameters
+    ----------
+    image : PIL.Image.Image, numpy.ndarray or torch.Tensor
+        A PIL image, a numpy (H, W, 3) array (uint8, or float in [0, 1]; (H, W) greyscale
+        is repeated to three channels), or a (3, H, W) tensor in [0, 1] (uint8 allowed).
+    size : int, default 224
+        The side of the square input in pixels.
+
+    Returns
+    -------
+    torch.Tensor
+        Float32, (1, 3, size, size), on the CPU.
+
+    Raises
+    ------
+    TypeError
+        If ``image`` is of another type or dtype.
+    ValueError
+        If its shape is not one of the above, its float values leave [0, 1] (an input
+        normalised already), or ``size < 1``.
     """
     size = _checks.integer(size, "size", low=1, hint="the side of the square input in pixels")
     t = _to_float_chw(image)
@@ -255,9 +347,24 @@ def preprocess(image: ImageLike, size: int = 224) -> torch.Tensor:
 
 
 def to_image(x: torch.Tensor) -> np.ndarray:
-    """Normalised ``(1, 3, H, W)`` or ``(3, H, W)`` tensor to a displayable ``(H, W, 3)`` array.
+    """A normalised image tensor as a displayable array.
 
-    Denormalises, clamps to ``[0, 1]``, returns float32 numpy (for ``plt.imshow``).
+    Denormalises, clamps to [0, 1] and returns float32 numpy for ``plt.imshow``.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Normalised, (1, 3, H, W) or (3, H, W), any device.
+
+    Returns
+    -------
+    numpy.ndarray
+        (H, W, 3) float32 in [0, 1].
+
+    Raises
+    ------
+    ValueError
+        If ``x`` holds more than one image (index the batch first) or is not RGB.
     """
     _check_image_tensor(x)
     if x.dim() == 4:
@@ -281,7 +388,15 @@ def _imagenet_classes() -> tuple[str, ...]:
 
 
 def imagenet_classes() -> list[str]:
-    """The 1000 ImageNet class names, index = class id (258 is ``"Samoyed"``)."""
+    """The 1000 ImageNet class names, index = class id (258 is ``"Samoyed"``).
+
+    Read from torchvision's weight metadata: no download.
+
+    Returns
+    -------
+    list of str
+        A fresh list of 1000 names (editing it changes nothing here).
+    """
     return list(_imagenet_classes())  # a copy, so callers cannot edit the cache
 
 
@@ -294,12 +409,17 @@ def _chelsea() -> Image.Image:
 
 
 def samoyed() -> Image.Image:
-    """The chapter's Samoyed photo as an RGB PIL image (``img.info["source"]`` says which).
+    """The chapter's Samoyed photo (Figures 4, 5, 9, 10) as an RGB PIL image.
 
     Read from the cache if it was downloaded before (and still decodes); otherwise
-    downloaded (30 s in all) when online. Offline, or if anything fails, returns
+    downloaded (30 s in all) when online. Offline, or if anything fails, it returns
     scikit-image's ``chelsea`` cat photo instead (it ships with scikit-image) and prints
-    one line saying so; ``img.info["source"]`` is then ``"chelsea (offline fallback)"``.
+    one line saying so.
+
+    Returns
+    -------
+    PIL.Image.Image
+        RGB; ``img.info["source"]`` is ``"samoyed"`` or ``"chelsea (offline fallback)"``.
     """
     try:
         return _fetch_image(SAMOYED_URL, "Samoyed photo", "samoyed")
@@ -316,7 +436,23 @@ def samoyed() -> Image.Image:
 
 
 def samoyed_tensor(size: int = 224) -> torch.Tensor:
-    """:func:`samoyed` through :func:`preprocess`: ``(1, 3, size, size)``, normalised."""
+    """:func:`samoyed` through :func:`preprocess`.
+
+    Parameters
+    ----------
+    size : int, default 224
+        The side of the square input in pixels.
+
+    Returns
+    -------
+    torch.Tensor
+        (1, 3, size, size), normalised.
+
+    Raises
+    ------
+    ValueError, TypeError
+        If ``size`` is not an int >= 1.
+    """
     size = _checks.integer(size, "size", low=1, hint="the side of the square input in pixels")
     return preprocess(samoyed(), size)
 
@@ -329,14 +465,33 @@ def _gaussian_kernel(sigma: float, radius: int, device, dtype) -> torch.Tensor:
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float, padding: str = "reflect") -> torch.Tensor:
-    """Separable Gaussian blur of an (N, C, H, W) batch, kernel radius ceil(3 sigma).
+    """Separable Gaussian blur of a batch, kernel radius ``ceil(3 sigma)``.
 
-    ``padding="reflect"`` (the default) keeps the image edge from darkening, as the blur
-    regulariser of activation maximisation needs; ``"replicate"`` repeats the edge pixels,
-    as the blurred baseline of the deletion and insertion curves uses. ``sigma = 0``
-    returns ``x`` unblurred. The kernel is cut to the image (radius at most H - 1 and
-    W - 1) before it is built, so a huge ``sigma`` is a nearly flat blur, not a huge
-    kernel."""
+    The kernel is cut to the image (radius at most H - 1 and W - 1) before it is built, so
+    a huge ``sigma`` is a nearly flat blur, not a huge kernel.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Float, (N, C, H, W).
+    sigma : float
+        Standard deviation in pixels, >= 0; 0 returns ``x`` unblurred.
+    padding : {"reflect", "replicate", "circular", "constant"}, default "reflect"
+        ``"reflect"`` keeps the image edge from darkening, as the blur regulariser of
+        activation maximisation needs; ``"replicate"`` repeats the edge pixels, as the
+        blurred baseline of the deletion and insertion curves uses.
+
+    Returns
+    -------
+    torch.Tensor
+        (N, C, H, W), like ``x``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``x`` is not a float (N, C, H, W) tensor, ``sigma`` is negative or not finite,
+        or ``padding`` is not one of the four.
+    """
     _checks.tensor(x, "x", dim=4, floating=True, shape_hint="(N, C, H, W)")
     sigma = _checks.real(sigma, "sigma", low=0.0, hint="the blur's standard deviation in pixels; 0: no blur")
     padding = _checks.choice(padding, "padding", ("reflect", "replicate", "circular", "constant"))

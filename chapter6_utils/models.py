@@ -40,7 +40,23 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 @dataclass
 class ModelInfo:
-    """What ``model.ch6`` holds."""
+    """What ``model.ch6`` holds: where a model loaded by :func:`load` came from.
+
+    Attributes
+    ----------
+    name : str
+        The name :func:`load` was given.
+    classes : tuple of str or None
+        The class names by index; None for a feature extractor (DINO has no classifier).
+    input_size : int
+        The side S of the (N, 3, S, S) input it was trained on.
+    weights : {"bundled", "imagenet", "random"}
+    notice : str or None
+        The one-line notice printed when it fell back to random weights.
+    description : str
+    extra : dict
+        The training metadata of bundled weights (recipe, accuracy per split).
+    """
 
     name: str
     classes: Optional[tuple]  # None for a feature extractor (DINO has no classifier)
@@ -57,9 +73,11 @@ class LesionCNN(nn.Module):
     ``nn.MaxPool2d``, no BatchNorm, a small linear head.
 
     Laid out like torchvision's VGG (``features``, ``classifier``) so that Zeiler-Fergus
-    projection, LRP and the libraries' VGG canonizers see a familiar shape. Each ReLU is
-    its own (non-inplace) module, used once: backward hooks and LRP rules can then be
-    attached per layer without surprises. Input (N, 3, 64, 64), output (N, 2) logits.
+    projection, LRP and the libraries' VGG canonizers see a familiar shape. Each ReLU is its
+    own (non-inplace) module, used once: backward hooks and LRP rules can then be attached
+    per layer without surprises.
+
+    Input (N, 3, 64, 64), ImageNet-normalised; output (N, 2) logits.
     """
 
     def __init__(self, num_classes: int = 2, widths=(16, 32, 64, 64)):
@@ -88,11 +106,13 @@ class LesionCNN(nn.Module):
 
 
 class LesionResNet(nn.Module):
-    """A small ResNet for 64x64 lesion images, built from torchvision's ``BasicBlock``
-    (BatchNorm, identity skips, a 1x1 projection where the shape changes), so that it
+    """A small ResNet for 64x64 lesion images, built from torchvision's ``BasicBlock``.
+
+    BatchNorm, identity skips and a 1x1 projection where the shape changes, so that it
     poses exactly the problems ResNet-18 poses to LRP (residual sums, BatchNorm) at a
     fraction of the cost. Attribute names follow torchvision's ResNet.
-    Input (N, 3, 64, 64), output (N, 2) logits.
+
+    Input (N, 3, 64, 64), ImageNet-normalised; output (N, 2) logits.
     """
 
     def __init__(self, num_classes: int = 2, widths=(16, 32, 64)):
@@ -119,8 +139,20 @@ class LesionResNet(nn.Module):
 
 
 def lesion_vit_architecture(num_classes: int = 2):
-    """A timm ``VisionTransformer`` for 64x64 input: 8x8 patches (64 tokens + CLS),
-    6 blocks of 4 heads, width 96. Output (N, 2) logits from the CLS token."""
+    """A timm ``VisionTransformer`` for 64x64 input.
+
+    8x8 patches (64 tokens and CLS), 6 blocks of 4 heads, width 96; logits from the CLS
+    token.
+
+    Parameters
+    ----------
+    num_classes : int, default 2
+
+    Returns
+    -------
+    timm.models.vision_transformer.VisionTransformer
+        Randomly initialised; input (N, 3, 64, 64), output (N, num_classes).
+    """
     from timm.models.vision_transformer import VisionTransformer
 
     return VisionTransformer(img_size=LESION_SIZE, patch_size=8, num_classes=num_classes,
@@ -134,7 +166,8 @@ class LesionGenerator(nn.Module):
     It is the decoder of a variational autoencoder trained on lesion images (skin, hair,
     lesion, ruler; ``python -m chapter6_utils.train --model lesion_generator``), so codes
     drawn from the standard normal prior decode to plausible lesion images. DGN-AM
-    (:func:`chapter6_utils.actmax.dgn_am`) searches this latent space.
+    (:func:`chapter6_utils.actmax.dgn_am`, equation 11 (book/equations.md); Nguyen et al.,
+    2016) searches this latent space.
 
     Input (N, latent_dim) codes; output (N, 3, 64, 64) images in [0, 1], *not*
     ImageNet-normalised (normalise before feeding a classifier).
@@ -157,7 +190,20 @@ class LesionGenerator(nn.Module):
         return self.net(self.fc(z).view(-1, self._w0, 4, 4))
 
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
-        """``n`` images decoded from prior codes z ~ N(0, I) drawn with ``seed``."""
+        """Images decoded from prior codes z ~ N(0, I).
+
+        Parameters
+        ----------
+        n : int
+            Number of images, >= 1.
+        seed : int, default 0
+            The codes' seed.
+
+        Returns
+        -------
+        torch.Tensor
+            (n, 3, 64, 64) in [0, 1], on the generator's device.
+        """
         n, seed = _checks.integer(n, "n", low=1, hint="images to draw"), _checks.seed(seed)
         dev = self.fc.weight.device
         z = torch.randn(n, self.latent_dim, generator=torch.Generator().manual_seed(seed)).to(dev)
@@ -260,7 +306,12 @@ _REGISTRY: dict[str, _Spec] = {
 
 
 def available() -> list[str]:
-    """Names :func:`load` accepts."""
+    """The names :func:`load` accepts.
+
+    Returns
+    -------
+    list of str
+    """
     return list(_REGISTRY)
 
 
@@ -271,12 +322,39 @@ def _spec(name: str) -> _Spec:
 
 
 def build(name: str) -> nn.Module:
-    """The architecture of ``name`` with freshly initialised (random) weights, train mode."""
+    """The architecture of ``name`` with freshly initialised (random) weights, in train mode.
+
+    Parameters
+    ----------
+    name : str
+        One of :func:`available`.
+
+    Returns
+    -------
+    torch.nn.Module
+
+    Raises
+    ------
+    ValueError
+        For an unknown name.
+    """
     return _spec(name).build()
 
 
 def weights_path(name: str, weights_dir: Path | None = None) -> Path:
-    """Where the bundled weights of ``name`` live (their SHA-256 is in ``SHA256SUMS`` beside them)."""
+    """Where the bundled weights of ``name`` live (their SHA-256 is in ``SHA256SUMS`` beside them).
+
+    Parameters
+    ----------
+    name : str
+    weights_dir : pathlib.Path, optional
+        Default: the package's ``weights/``.
+
+    Returns
+    -------
+    pathlib.Path
+        ``<weights_dir>/<name>.pt`` (whether or not it exists).
+    """
     return Path(weights_dir or WEIGHTS_DIR).expanduser() / f"{name}.pt"
 
 
@@ -304,29 +382,40 @@ def _fold_input_normalisation(model: nn.Module, name: str) -> None:
 
 
 def load(name: str, pretrained="auto", device=None, weights_dir: str | os.PathLike | None = None) -> nn.Module:
-    """Load a model by name, in eval mode, with ``model.ch6`` metadata.
+    """Load a model by name, in eval mode, with ``model.ch6`` metadata (:class:`ModelInfo`).
 
-    Args:
-        name: one of :func:`available`.
-        pretrained: ``"auto"`` (trained weights when they can be had, else random weights
-            and a one-line notice), ``True`` (trained weights or an error) or ``False``
-            (random weights, no notice).
-        device: where to put the model (default CPU; see :func:`chapter6_utils.device`).
-        weights_dir: folder of bundled weights and their ``SHA256SUMS`` (default: the
-            package's ``weights/``; ``python -m chapter6_utils.train --out DIR`` writes both).
+    Parameters
+    ----------
+    name : str
+        One of :func:`available`.
+    pretrained : {"auto", True, False}, default "auto"
+        ``"auto"``: trained weights when they can be had, else random weights and a
+        one-line notice; ``True``: trained weights or an error; ``False``: random weights,
+        no notice.
+    device : torch.device or str, optional
+        Where to put the model (default: the CPU; see :func:`chapter6_utils.device`).
+    weights_dir : str or os.PathLike, optional
+        Folder of bundled weights and their ``SHA256SUMS`` (default: the package's
+        ``weights/``; ``python -m chapter6_utils.train --out DIR`` writes both).
 
-    Returns:
-        the model (eval mode), taking ImageNet-normalised (N, 3, S, S) input with S =
-        ``model.ch6.input_size``. The exception is ``"lesion_generator"``: it takes
-        latent codes (N, ``model.latent_dim``) and returns (N, 3, S, S) images in [0, 1].
+    Returns
+    -------
+    torch.nn.Module
+        In eval mode, taking ImageNet-normalised (N, 3, S, S) input with S =
+        ``model.ch6.input_size``. The exception is ``"lesion_generator"``: it takes latent
+        codes (N, ``model.latent_dim``) and returns (N, 3, S, S) images in [0, 1].
 
-    Raises:
-        ValueError: an unknown ``name`` or a ``pretrained`` other than ``"auto"``, True, False.
-        NotADirectoryError: a ``weights_dir`` that does not exist.
-        RuntimeError: ``pretrained=True`` and no trained weights: missing, empty, damaged
-            (SHA-256 differs from the manifest or the published hash), offline, or refused
-            by ``torch.load(weights_only=True)``. With ``"auto"`` the same causes give random
-            weights and a one-line notice naming the cause, the file and how to restore it.
+    Raises
+    ------
+    ValueError
+        For an unknown ``name``, or a ``pretrained`` other than "auto", True, False.
+    NotADirectoryError
+        For a ``weights_dir`` that does not exist.
+    RuntimeError
+        With ``pretrained=True`` and no trained weights: missing, empty, damaged (SHA-256
+        differs from the manifest or the published hash), offline, or refused by
+        ``torch.load(weights_only=True)``. With "auto" the same causes give random weights
+        and a one-line notice naming the cause, the file and how to restore it.
     """
     spec = _spec(name)
     if not (isinstance(pretrained, str) and pretrained == "auto") and pretrained is not True \

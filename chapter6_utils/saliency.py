@@ -112,7 +112,7 @@ def _copy_noise(seed: int, t: int, shape, like: torch.Tensor) -> torch.Tensor:
 
 def _check_options(n_samples, sigma, batch_size, seed, average):
     if average not in AVERAGES:
-        raise ValueError(f"average must be 'magnitude' (the chapter's equation 2 (book/equations.md): the mean of the copies' "
+        raise ValueError(f"average must be 'magnitude' (the chapter's equation 2 (book/equations.md): the mean of the copies' "  # noqa: E501
                          f"|gradient| maps) or 'signed' (Smilkov et al.: the mean of the signed gradients, "
                          f"then |.| and the channel max), got {average!r}")
 

@@ -66,16 +66,30 @@ _CHUNK = 128  # images rendered at once: small enough for the tensors to stay in
 class LesionSet:
     """A batch of synthetic lesion images and their ground truth.
 
-    Attributes:
-        images: (N, 3, 64, 64) float32 in [0, 1] (not ImageNet-normalised; the models
-            normalise with :func:`chapter6_utils.data.normalize`).
-        labels: (N,) int64, 0 = benign, 1 = malignant.
-        lesion_mask: (N, 64, 64) bool, the lesion's visible pixels.
-        ruler_mask: (N, 64, 64) bool, the ruler's pixels (all False without a ruler).
-        has_ruler: (N,) bool.
-        malignancy: (N,) float32 in [0, 1], the latent value behind the ABCD features.
-        classes: the class names, indexed by label.
-        split, seed: how the set was made.
+    Indexing (an int, a slice, a bool or index tensor) gives a LesionSet of those images;
+    ``len`` is the number of images.
+
+    Attributes
+    ----------
+    images : torch.Tensor
+        (N, 3, 64, 64) float32 in [0, 1], not ImageNet-normalised (normalise with
+        :func:`chapter6_utils.data.normalize`).
+    labels : torch.Tensor
+        (N,) int64, 0 = benign, 1 = malignant.
+    lesion_mask : torch.Tensor
+        (N, 64, 64) bool, the lesion's visible pixels.
+    ruler_mask : torch.Tensor
+        (N, 64, 64) bool, the ruler's pixels (all False without a ruler).
+    has_ruler : torch.Tensor
+        (N,) bool.
+    malignancy : torch.Tensor
+        (N,) float32 in [0, 1], the latent value behind the ABCD features.
+    split : str
+        The split the set was drawn from (see :data:`SPLITS`).
+    seed : int
+        The seed it was drawn with.
+    classes : tuple of str
+        The class names, indexed by label (:data:`CLASSES`).
     """
 
     images: torch.Tensor
@@ -110,8 +124,21 @@ class LesionSet:
         )
 
     def select(self, label: int | None = None, ruler: bool | None = None) -> "LesionSet":
-        """The images of one class and/or with (or without) a ruler, e.g.
-        ``data.select(label=1, ruler=True)`` for malignant lesions with a ruler."""
+        """The images of one class and/or with (or without) a ruler.
+
+        Parameters
+        ----------
+        label : int, optional
+            0 (benign) or 1 (malignant); None keeps both.
+        ruler : bool, optional
+            True keeps images with a ruler, False those without; None keeps both.
+
+        Returns
+        -------
+        LesionSet
+            The selected images, in their order; e.g. ``data.select(label=1, ruler=True)``
+            for malignant lesions with a ruler.
+        """
         label = _checks.integer(label, "label", low=0, high=len(self.classes) - 1, none_ok=True,
                                 hint=f"a class index: {', '.join(f'{i} {c}' for i, c in enumerate(self.classes))}")
         if ruler is not None and not isinstance(ruler, bool):
@@ -124,7 +151,12 @@ class LesionSet:
         return self[keep]
 
     def summary(self) -> str:
-        """One line: size, split, class balance and ruler rate per class."""
+        """One line: size, split, class balance and ruler rate per class.
+
+        Returns
+        -------
+        str
+        """
         parts = [f"{len(self)} images, split={self.split!r}, seed={self.seed}"]
         for c, name in enumerate(self.classes):
             m = self.labels == c
@@ -135,12 +167,27 @@ class LesionSet:
 
 
 def paste_rulers(target: LesionSet, donor: LesionSet) -> LesionSet:
-    """An intervention: copy each donor image's ruler (the pixels under its ruler mask)
-    onto the corresponding target image, leaving everything else untouched.
+    """An intervention: copy each donor image's ruler onto the matching target image.
 
-    ``target`` and ``donor`` must have the same length, and every donor must have a
-    ruler (use ``donor.select(ruler=True)``). The lesion mask loses the pixels the ruler
-    now covers; labels and latent malignancy are the target's.
+    The pixels under each donor's ruler mask replace the target's; everything else stays.
+
+    Parameters
+    ----------
+    target : LesionSet
+        The images that receive a ruler.
+    donor : LesionSet
+        As many images as ``target``, every one with a ruler (``donor.select(ruler=True)``).
+
+    Returns
+    -------
+    LesionSet
+        The edited images; the lesion mask loses the pixels the ruler now covers, the ruler
+        mask is the donor's, labels and latent malignancy are the target's.
+
+    Raises
+    ------
+    ValueError
+        If the lengths differ or a donor image has no ruler.
     """
     if len(target) != len(donor):
         raise ValueError(f"target has {len(target)} images but donor has {len(donor)}; slice them to one length")
@@ -172,20 +219,28 @@ def _check_args(n, split, seed):
 def make_lesions(n: int, split: str = "biased", seed: int = 0) -> LesionSet:
     """Generate ``n`` synthetic dermoscopy images with lesion and ruler masks.
 
-    Args:
-        n: number of images (>= 1). Classes are balanced (n // 2 malignant, the rest benign,
-            in random order).
-        split: ``"biased"`` (ruler on ~85% of malignant, ~5% of benign: the training
-            data), ``"unbiased"`` (ruler on 50% of each class) or ``"swapped"`` (ruler on
-            ~85% of benign, ~5% of malignant).
-        seed: a non-negative integer; the same arguments give identical tensors.
+    Parameters
+    ----------
+    n : int
+        Number of images, >= 1. Classes are balanced (n // 2 malignant, the rest benign, in
+        random order).
+    split : {"biased", "unbiased", "swapped"}, default "biased"
+        ``"biased"``: a ruler on about 85% of malignant and 5% of benign lesions (the
+        training data); ``"unbiased"``: on 50% of each class; ``"swapped"``: on about 85% of
+        benign and 5% of malignant lesions (:data:`SPLITS`).
+    seed : int, default 0
+        In [0, 2**63); the same arguments give identical tensors, bit for bit.
 
-    Returns:
-        a :class:`LesionSet` (images (N, 3, 64, 64) float32 in [0, 1], labels (N,) int64,
-        lesion_mask and ruler_mask (N, 64, 64) bool, has_ruler (N,) bool).
+    Returns
+    -------
+    LesionSet
+        images (N, 3, 64, 64) float32 in [0, 1], labels (N,) int64, lesion_mask and
+        ruler_mask (N, 64, 64) bool, has_ruler (N,) bool, malignancy (N,) float32.
 
-    Raises:
-        ValueError: for n < 1, an unknown split or a seed that is not a non-negative int.
+    Raises
+    ------
+    ValueError
+        For ``n < 1``, an unknown split or a seed that is not an int in [0, 2**63).
     """
     _check_args(n, split, seed)
     rng = np.random.default_rng(int(seed))

@@ -39,7 +39,8 @@ from . import models as _models
 from .data import normalize
 from .synthetic import EVAL_SEED, SPLITS, TEST_SEED, TRAIN_SEED, make_lesions
 
-__all__ = ["RECIPES", "Recipe", "GENERATOR_RECIPES", "GeneratorRecipe", "train_generator", "train_model", "eval_set", "evaluate", "predict", "accuracy_by_split", "confusion", "main",
+__all__ = ["RECIPES", "Recipe", "GENERATOR_RECIPES", "GeneratorRecipe", "train_generator", "train_model",
+           "eval_set", "evaluate", "predict", "accuracy_by_split", "confusion", "main",
            "EVAL_SEED", "TEST_SEED", "TRAIN_SEED", "training_set"]
 
 N_SHUFFLED, EPOCHS_SHUFFLED = 256, 60
@@ -47,6 +48,26 @@ N_SHUFFLED, EPOCHS_SHUFFLED = 256, 60
 
 @dataclass(frozen=True)
 class Recipe:
+    """How one bundled lesion classifier is trained.
+
+    Attributes
+    ----------
+    split : str
+        The split of the training data (:data:`chapter6_utils.synthetic.SPLITS`).
+    epochs : int
+    n_per_epoch : int
+        Fresh images per epoch (or the size of the fixed set).
+    lr, weight_decay : float
+        AdamW's learning rate and weight decay.
+    batch_size : int, default 64
+    seed_offset : int, default 0
+        Which block of training seeds the model draws its data and weights from.
+    fixed_set : bool, default False
+        One fixed set of ``n_per_epoch`` images, seen every epoch.
+    shuffle_labels : bool, default False
+        Permute the fixed set's labels (Adebayo et al., 2018's data randomisation), so that
+        the model can only memorise.
+    """
     split: str
     epochs: int
     n_per_epoch: int
@@ -76,21 +97,40 @@ RECIPES = {
 
 
 def training_set(rc: Recipe):
-    """The fixed training images and labels of a ``fixed_set`` recipe (labels permuted
-    when ``shuffle_labels``), as (LesionSet, labels (N,)); None for other recipes, which
-    draw fresh images every epoch."""
+    """The fixed training images and labels of a ``fixed_set`` recipe.
+
+    Parameters
+    ----------
+    rc : Recipe
+
+    Returns
+    -------
+    (LesionSet, torch.Tensor) or None
+        The images and their labels (N,), permuted when ``shuffle_labels``; None for other
+        recipes, which draw fresh images every epoch.
+    """
     if not rc.fixed_set:
         return None
     data = make_lesions(rc.n_per_epoch, rc.split, seed=TRAIN_SEED + 1000 * rc.seed_offset)
     labels = data.labels
     if rc.shuffle_labels:
         # Its own generator: the global one drives the batch order, as for the other models.
-        labels = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(TRAIN_SEED + rc.seed_offset))]
+        shuffler = torch.Generator().manual_seed(TRAIN_SEED + rc.seed_offset)
+        labels = labels[torch.randperm(len(labels), generator=shuffler)]
     return data, labels
 
 
 @dataclass(frozen=True)
 class GeneratorRecipe(Recipe):
+    """How the lesion image generator (a VAE's decoder) is trained: a :class:`Recipe` plus
+
+    Attributes
+    ----------
+    kl_weight : float, default 0.05
+        beta, the weight of the KL term: lower keeps rulers and hair sharper, higher makes
+        samples of the prior cleaner.
+    latent_dim : int, default 64
+    """
     kl_weight: float = 0.05  # beta: lower keeps rulers and hair sharper, higher makes prior samples cleaner
     latent_dim: int = 64
 
@@ -104,11 +144,31 @@ GENERATOR_RECIPES = {
 
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Predicted labels (N,) for lesion images (N, 3, 64, 64) in [0, 1], in eval mode
-    (the model's own mode is restored afterwards). ``batch_size`` >= 1.
+    """Predicted labels of lesion images, in eval mode.
 
-    Batches of 64 keep a CNN's activations in cache: on 2 CPU cores ``lesion_cnn`` scores
-    2,000 images in 2.2 s this way and in 3.9 s in batches of 256 (same predictions)."""
+    The model's own train/eval mode is restored afterwards. Batches of 64 keep a CNN's
+    activations in cache: on 2 CPU cores ``lesion_cnn`` scores 2,000 images in 2.2 s this
+    way and in 3.9 s in batches of 256 (same predictions).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A lesion classifier (it normalises nothing: this function does).
+    images : torch.Tensor
+        (N, 3, 64, 64) float in [0, 1].
+    batch_size : int, default 64
+        Images per forward pass, >= 1.
+
+    Returns
+    -------
+    torch.Tensor
+        (N,) int64 on the CPU.
+
+    Raises
+    ------
+    ValueError, TypeError
+        If ``images`` is not a float 4-D tensor or ``batch_size < 1``.
+    """
     batch_size = _checks.integer(batch_size, "batch_size", low=1, hint="images per forward pass")
     _checks.tensor(images, "images", dim=4, floating=True, shape_hint="(N, 3, H, W) in [0, 1]")
     dev = next(model.parameters()).device
@@ -124,24 +184,83 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> tor
 
 @functools.lru_cache(maxsize=6)
 def eval_set(split: str, n: int = 2000, seed: int = EVAL_SEED):
-    """The evaluation images of ``split`` (cached: scoring several models on the same
-    images is common, and generating them costs more than a forward pass)."""
+    """The evaluation images of ``split``, cached.
+
+    Scoring several models on the same images is common, and generating them costs more
+    than a forward pass.
+
+    Parameters
+    ----------
+    split : str
+    n : int, default 2000
+        Number of images.
+    seed : int, default EVAL_SEED
+        The data's seed (:data:`chapter6_utils.synthetic.EVAL_SEED`: no training run uses it).
+
+    Returns
+    -------
+    LesionSet
+    """
     return make_lesions(n, split, seed=seed)
 
 
 def evaluate(model: nn.Module, split: str, n: int = 2000, seed: int = EVAL_SEED) -> float:
-    """Accuracy of ``model`` on ``n`` fresh lesion images of ``split``."""
+    """Accuracy of ``model`` on fresh lesion images of ``split``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    split : str
+    n : int, default 2000
+        Number of images.
+    seed : int, default EVAL_SEED
+        The data's seed (:data:`chapter6_utils.synthetic.EVAL_SEED`: no training run uses it).
+
+    Returns
+    -------
+    float
+        In [0, 1].
+    """
     data = eval_set(split, n, seed)
     return float((predict(model, data.images) == data.labels).float().mean())
 
 
 def accuracy_by_split(model: nn.Module, n: int = 2000, seed: int = EVAL_SEED) -> dict:
-    """{split: accuracy} on fresh data of every split."""
+    """Accuracy on fresh data of every split.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    n : int, default 2000
+        Number of images.
+    seed : int, default EVAL_SEED
+        The data's seed (:data:`chapter6_utils.synthetic.EVAL_SEED`: no training run uses it).
+
+    Returns
+    -------
+    dict
+        ``{split: accuracy}`` for "biased", "unbiased" and "swapped".
+    """
     return {split: evaluate(model, split, n, seed) for split in SPLITS}
 
 
 def confusion(model: nn.Module, split: str, n: int = 2000, seed: int = EVAL_SEED) -> torch.Tensor:
-    """2x2 confusion matrix (rows: true benign/malignant, columns: predicted)."""
+    """The confusion matrix of ``model`` on fresh images of ``split``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    split : str
+    n : int, default 2000
+        Number of images.
+    seed : int, default EVAL_SEED
+        The data's seed (:data:`chapter6_utils.synthetic.EVAL_SEED`: no training run uses it).
+
+    Returns
+    -------
+    torch.Tensor
+        (2, 2) counts; rows the true class (benign, malignant), columns the predicted one.
+    """
     data = eval_set(split, n, seed)
     pred = predict(model, data.images)
     return torch.bincount(data.labels * 2 + pred, minlength=4).view(2, 2)
@@ -149,10 +268,34 @@ def confusion(model: nn.Module, split: str, n: int = 2000, seed: int = EVAL_SEED
 
 def train_model(name: str, *, recipe: Recipe | None = None, out_dir: str | Path | None = None,
                 eval_n: int = 2000, log=None) -> tuple[nn.Module, dict]:
-    """Train ``name`` with its recipe (or the one given), save it, return (model, meta).
+    """Train ``name`` with its recipe (or the one given) and save it.
 
-    ``meta`` holds the recipe, the accuracy per split on ``EVAL_SEED`` data and the
-    training time; it is stored beside the weights in ``<out_dir>/<name>.pt``.
+    Parameters
+    ----------
+    name : str
+        A key of :data:`RECIPES` (or of :data:`GENERATOR_RECIPES`: then
+        :func:`train_generator` runs).
+    recipe : Recipe, optional
+        Instead of the registered one.
+    out_dir : str or pathlib.Path, optional
+        Where ``<name>.pt`` and its SHA-256 (in ``SHA256SUMS``) are written (default: the
+        package's weights folder).
+    eval_n : int, default 2000
+        Images per split for the reported accuracies.
+    log : callable, optional
+        Receives progress lines (default: ``print``).
+
+    Returns
+    -------
+    model : torch.nn.Module
+    meta : dict
+        The recipe, the accuracy per split on ``EVAL_SEED`` data and the training time;
+        stored beside the weights.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` has no recipe.
     """
     if name in GENERATOR_RECIPES:
         return train_generator(name, recipe=recipe, out_dir=out_dir, eval_n=eval_n, log=log)
@@ -230,13 +373,29 @@ def _vae_losses(encoder, decoder, x):
 
 def train_generator(name: str = "lesion_generator", *, recipe: GeneratorRecipe | None = None,
                     out_dir: str | Path | None = None, eval_n: int = 2000, log=None) -> tuple[nn.Module, dict]:
-    """Train a lesion image generator as the decoder of a VAE; save it; return (decoder, meta).
+    """Train a lesion image generator as the decoder of a VAE and save it.
 
     Loss per image: ``||x - G(z)||^2 + beta * KL(q(z|x) || N(0, I))`` with z drawn from the
-    encoder's posterior (Kingma & Welling, 2014). The KL term pulls the codes of real
-    images towards the standard normal, which is what makes decoded prior samples look like
-    lesions and what DGN-AM's latent penalty relies on. ``meta`` records the recipe, the
-    reconstruction error and KL on ``EVAL_SEED`` images, and the training time.
+    encoder's posterior (Kingma & Welling, 2014). The KL term pulls the codes of real images
+    towards the standard normal, which makes decoded prior samples look like lesions and is
+    what DGN-AM's latent penalty (equation 11 (book/equations.md)) relies on.
+
+    Parameters
+    ----------
+    name : str, default "lesion_generator"
+        A key of :data:`GENERATOR_RECIPES`.
+    recipe : GeneratorRecipe, optional
+    out_dir : str or pathlib.Path, optional
+    eval_n : int, default 2000
+    log : callable, optional
+        As in :func:`train_model`.
+
+    Returns
+    -------
+    decoder : torch.nn.Module
+    meta : dict
+        The recipe, the reconstruction error and KL on ``EVAL_SEED`` images, the training
+        time.
     """
     if name not in GENERATOR_RECIPES:
         raise ValueError(f"no generator recipe for {name!r}; generators: {', '.join(GENERATOR_RECIPES)}")
@@ -296,9 +455,22 @@ def _save(name: str, model: nn.Module, meta: dict, out_dir, log) -> None:
 
 
 def main(argv=None) -> int:
+    """The command line: ``python -m chapter6_utils.train --all`` (or ``--model NAME``, ``--manifest``).
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Default: ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        The exit status (0).
+    """
     p = argparse.ArgumentParser(prog="python -m chapter6_utils.train", description=__doc__.split("\n")[0])
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--model", choices=[*RECIPES, *GENERATOR_RECIPES], action="append", help="model to train (repeatable)")
+    g.add_argument("--model", choices=[*RECIPES, *GENERATOR_RECIPES], action="append",
+                   help="model to train (repeatable)")
     g.add_argument("--all", action="store_true", help="train every bundled model")
     g.add_argument("--manifest", action="store_true",
                    help="only (re)write SHA256SUMS for the *.pt files in --out (for weights you trust)")

@@ -1,6 +1,6 @@
 """Figures shared by the notebooks. Imports no method module: it draws what it is given.
 
-Conventions (DEVELOPERS.md): unsigned maps on a sequential colormap, signed maps on a
+Conventions (CONTRIBUTING.md, "Figures"): unsigned maps on a sequential colormap, signed maps on a
 diverging one centred at zero with symmetric limits, a colorbar, and a title that says
 what is shown. Lesion masks are drawn as cyan contours, ruler masks as yellow ones.
 
@@ -38,7 +38,23 @@ PERCENTILE = 99.5
 
 
 def as_image(x) -> np.ndarray:
-    """(3, H, W) tensor in [0, 1] (or an (H, W, 3) array) to an (H, W, 3) array for imshow."""
+    """An image in [0, 1] as an array for ``imshow``.
+
+    Parameters
+    ----------
+    x : torch.Tensor or numpy.ndarray
+        A (3, H, W) tensor in [0, 1], or an (H, W, 3) or (H, W) array.
+
+    Returns
+    -------
+    numpy.ndarray
+        (H, W, 3) (or (H, W)), clipped to [0, 1].
+
+    Raises
+    ------
+    ValueError
+        For any other shape.
+    """
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu()
         if x.dim() == 4 and x.shape[0] == 1:
@@ -53,11 +69,17 @@ def as_image(x) -> np.ndarray:
 
 
 def draw_masks(ax, lesion_mask=None, ruler_mask=None, linewidth=1.0, outline: bool = False) -> None:
-    """Outline the lesion (cyan) and ruler (yellow) masks (each (H, W) bool) on ``ax``.
+    """Outline the lesion (cyan) and ruler (yellow) masks on ``ax``.
 
-    ``outline=True`` strokes each contour with a thin black edge, so that a yellow line
-    stays visible on the bright end of a sequential colormap or the white centre of a
-    diverging one.
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+    lesion_mask, ruler_mask : torch.Tensor or numpy.ndarray, optional
+        (H, W) bool; None (or an empty mask) draws nothing.
+    linewidth : float, default 1.0
+    outline : bool, default False
+        Stroke each contour with a thin black edge, so that a yellow line stays visible on
+        the bright end of a sequential colormap or the white centre of a diverging one.
     """
     effects = [pe.withStroke(linewidth=linewidth + 1.2, foreground="black")] if outline else None
     for mask, colour in ((lesion_mask, LESION_COLOUR), (ruler_mask, RULER_COLOUR)):
@@ -76,13 +98,24 @@ def show_lesions(data, indices=None, ncols: int = 8, masks: bool = True, titles=
                  size: float = 1.6, suptitle: str | None = None):
     """A grid of lesion images from a :class:`~chapter6_utils.synthetic.LesionSet`.
 
-    Args:
-        data: the LesionSet.
-        indices: which images (default: the first ``ncols``).
-        masks: outline the lesion (cyan) and ruler (yellow) masks.
-        titles: one string per image (default: class name and whether a ruler is present).
-    Returns:
-        the matplotlib Figure.
+    Parameters
+    ----------
+    data : LesionSet
+    indices : sequence of int, optional
+        Which images (default: the first ``ncols``).
+    ncols : int, default 8
+        Panels per row.
+    masks : bool, default True
+        Outline the lesion (cyan) and ruler (yellow) masks.
+    titles : sequence of str, optional
+        One per image (default: the class name and whether a ruler is present).
+    size : float, default 1.6
+        Inches per panel.
+    suptitle : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
     """
     ncols = _checks.integer(ncols, "ncols", low=1, hint="images per row")
     indices = list(range(min(ncols, len(data)))) if indices is None else [int(i) for i in indices]
@@ -107,7 +140,27 @@ def show_lesions(data, indices=None, ncols: int = 8, masks: bool = True, titles=
 
 
 def plot_confusion(matrix, classes, ax=None, title: str = ""):
-    """A 2-D confusion matrix with counts and row percentages (rows: true class)."""
+    """A confusion matrix with counts and row percentages (rows: true class).
+
+    Parameters
+    ----------
+    matrix : torch.Tensor or numpy.ndarray
+        (K, K) counts, rows the true class, columns the predicted one.
+    classes : sequence of str
+        The K class names.
+    ax : matplotlib.axes.Axes, optional
+        Where to draw (default: a new figure).
+    title : str, default ""
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+
+    Raises
+    ------
+    ValueError
+        If ``matrix`` is not (K, K) for the K names.
+    """
     m = np.asarray(matrix.cpu() if isinstance(matrix, torch.Tensor) else matrix, dtype=float)
     if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] != len(classes):
         raise ValueError(f"matrix has shape {m.shape}; expected ({len(classes)}, {len(classes)}), one row and "
@@ -130,14 +183,29 @@ def plot_confusion(matrix, classes, ax=None, title: str = ""):
 
 # --------------------------------------------------------------------------- maps
 def to_map(a, reduce: str = "sum") -> torch.Tensor:
-    """One image's attribution to an (H, W) float32 CPU tensor.
+    """One image's attribution as an (H, W) float32 CPU tensor.
 
-    Accepts (1, C, H, W), (C, H, W) or (H, W) (tensor or array). Channels are reduced by
-    ``reduce``: ``"sum"`` (default; keeps the sign, so a signed attribution such as
-    gradient x input stays signed and its channel contributions add up, as LRP's
-    conservation assumes), ``"abs_sum"`` or ``"max_abs"`` (Simonyan et al.'s saliency:
-    the largest |gradient| over colour channels; both unsigned). An (H, W) map is kept as
-    is. A batch of several images is refused: index it first.
+    Parameters
+    ----------
+    a : torch.Tensor or numpy.ndarray
+        (1, C, H, W), (C, H, W) or (H, W); an (H, W) map is kept as it is.
+    reduce : {"sum", "abs_sum", "max_abs"}, default "sum"
+        How channels are reduced: ``"sum"`` keeps the sign, so a signed attribution such
+        as gradient x input stays signed and its channel contributions add up, as LRP's
+        conservation (equation 4 (book/equations.md)) assumes; ``"abs_sum"`` and
+        ``"max_abs"`` (Simonyan et al., 2013's saliency: the largest ``|gradient|`` over
+        the colour channels, equation 1 (book/equations.md)) are unsigned.
+
+    Returns
+    -------
+    torch.Tensor
+        (H, W) float32 on the CPU.
+
+    Raises
+    ------
+    ValueError
+        For a batch of several images (index it first), another shape or an unknown
+        ``reduce``.
     """
     if reduce not in ("sum", "abs_sum", "max_abs"):
         raise ValueError(f"reduce must be 'sum', 'abs_sum' or 'max_abs', got {reduce!r}")
@@ -168,14 +236,42 @@ def _as_2d(m) -> np.ndarray:
 
 
 def is_signed(m) -> bool:
-    """True when the map (any shape) has a negative finite value."""
+    """Whether a map has a negative finite value.
+
+    Parameters
+    ----------
+    m : torch.Tensor or numpy.ndarray
+        Any shape.
+
+    Returns
+    -------
+    bool
+    """
     arr = np.asarray(m.detach().cpu() if isinstance(m, torch.Tensor) else m, dtype=np.float64)
     return bool(np.any(arr[np.isfinite(arr)] < 0))
 
 
 def robust_max(m, percentile: float = PERCENTILE) -> float:
-    """The ``percentile``-th percentile of |m| over finite values; never 0 (the colour
-    limits must differ), falling back to max |m| and then to 1 for an all-zero map (0 < percentile <= 100)."""
+    """The colour limit of a map: the ``percentile``-th percentile of ``|m|``.
+
+    Parameters
+    ----------
+    m : torch.Tensor or numpy.ndarray
+        Any shape; non-finite values are ignored.
+    percentile : float, default 99.5
+        In (0, 100]: the map is clipped at this percentile of ``|value|`` (100: the maximum).
+
+    Returns
+    -------
+    float
+        Never 0 (the colour limits must differ): it falls back to ``max |m|``, then to 1
+        for an all-zero map.
+
+    Raises
+    ------
+    ValueError, TypeError
+        If ``percentile`` is outside (0, 100].
+    """
     percentile = _check_percentile(percentile)
     arr = np.abs(np.asarray(m.detach().cpu() if isinstance(m, torch.Tensor) else m, dtype=np.float64))
     arr = arr[np.isfinite(arr)]
@@ -208,8 +304,22 @@ def _cbar_label(signed: bool, percentile: float) -> str:
 
 
 def scaling_note(signed: bool, percentile: float = PERCENTILE, short: bool = False) -> str:
-    """The words that say how a map is coloured: a caption phrase, or (``short``) a few
-    characters for a colorbar in a grid of small panels."""
+    """The words that say how a map is coloured.
+
+    Parameters
+    ----------
+    signed : bool
+        Whether the map is drawn on the diverging colormap.
+    percentile : float, default 99.5
+        In (0, 100]: the map is clipped at this percentile of ``|value|`` (100: the maximum).
+    short : bool, default False
+        A few characters for a colorbar in a grid of small panels, instead of a caption
+        phrase.
+
+    Returns
+    -------
+    str
+    """
     percentile = _check_percentile(percentile)
     if short:
         return f"± p{percentile:g} of |value|" if signed else f"0 to p{percentile:g}"
@@ -220,19 +330,40 @@ def scaling_note(signed: bool, percentile: float = PERCENTILE, short: bool = Fal
 
 def heatmap(ax, m, signed=None, cmap=None, title=None, colorbar=True, percentile=PERCENTILE, *,
             alpha=None, extent=None, label=None, interpolation="nearest"):
-    """Draw an (H, W) map on ``ax`` by the book's colour rules; returns the AxesImage.
+    """Draw an (H, W) map on ``ax`` by the book's colour rules.
 
-    Args:
-        m: (H, W) tensor or array (see :func:`to_map` for (C, H, W) attributions).
-        signed: ``None`` decides from the data (signed when any value is negative).
-            Signed: ``DIVERGING_CMAP`` with ``vmin=-v, vmax=v``, centred at 0. Unsigned:
-            ``SEQUENTIAL_CMAP`` with limits ``[0, v]`` (a negative value, if forced
-            unsigned, shows as 0). ``v = robust_max(m, percentile)``.
-        cmap: override the colormap (keep it diverging for signed maps).
-        title: the panel title; say the method.
-        colorbar: add a colorbar labelled with the clipping (``label`` overrides it).
-        alpha, extent, interpolation: passed to ``imshow``. ``extent`` places a map of
-            another resolution over an image's pixel grid, e.g. ``(-0.5, W-0.5, H-0.5, -0.5)``.
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+    m : torch.Tensor or numpy.ndarray
+        (H, W) (see :func:`to_map` for (C, H, W) attributions).
+    signed : bool, optional
+        None decides from the data (signed when any value is negative). Signed:
+        ``DIVERGING_CMAP`` with limits ``[-v, v]``, centred at 0. Unsigned:
+        ``SEQUENTIAL_CMAP`` with limits ``[0, v]`` (a negative value, if forced unsigned,
+        shows as 0). ``v = robust_max(m, percentile)``.
+    cmap : str, optional
+        Another colormap (keep it diverging for signed maps).
+    title : str, optional
+        The panel title; say the method.
+    colorbar : bool, default True
+        Add a colorbar labelled with the clipping (``label`` overrides the words).
+    percentile : float, default 99.5
+        In (0, 100]: the map is clipped at this percentile of ``|value|`` (100: the maximum).
+    alpha, extent, interpolation : optional
+        Passed to ``imshow``. ``extent`` places a map of another resolution over an image's
+        pixel grid, e.g. ``(-0.5, W - 0.5, H - 0.5, -0.5)``.
+    label : str, optional
+        The colorbar's label.
+
+    Returns
+    -------
+    matplotlib.image.AxesImage
+
+    Raises
+    ------
+    ValueError, TypeError
+        If ``m`` is not 2-D, or ``percentile`` or ``alpha`` is out of range.
     """
     percentile = _check_percentile(percentile)
     _check_alpha(alpha, none_ok=True)
@@ -262,7 +393,26 @@ def heatmap(ax, m, signed=None, cmap=None, title=None, colorbar=True, percentile
 
 
 def display_image(image, normalized: bool = True) -> np.ndarray:
-    """Any image to an (H, W, 3) float array in [0, 1] (tensor: normalised unless told)."""
+    """Any image as an (H, W, 3) float array in [0, 1], for ``imshow``.
+
+    Parameters
+    ----------
+    image : torch.Tensor or numpy.ndarray or PIL.Image.Image
+        A (3, H, W) or (1, 3, H, W) tensor, ImageNet-normalised unless ``normalized=False``,
+        or an (H, W, 3) array in [0, 1] (or uint8).
+    normalized : bool, default True
+        Whether a tensor is ImageNet-normalised (see :func:`chapter6_utils.data.normalize`).
+
+    Returns
+    -------
+    numpy.ndarray
+        (H, W, 3) float32 in [0, 1].
+
+    Raises
+    ------
+    ValueError
+        For another shape.
+    """
     if isinstance(image, torch.Tensor):
         t = image.detach().cpu().float()
         if t.dim() == 4 and t.shape[0] == 1:
@@ -290,12 +440,31 @@ def _resize(arr: np.ndarray, size) -> np.ndarray:
 
 def overlay(ax, image, m, alpha=0.5, signed=None, cmap=None, title=None, colorbar=True,
             percentile=PERCENTILE, *, normalized=True, label=None):
-    """The map ``m`` (h, w) drawn with ``alpha`` over ``image``; returns the map's AxesImage.
+    """Draw the map ``m`` over ``image``.
 
-    ``image``: an ImageNet-normalised (1, 3, H, W) or (3, H, W) tensor (``normalized=False``
-    for one in [0, 1]) or an (H, W, 3) array in [0, 1]. A map of lower resolution (a 7x7
-    Grad-CAM) is upsampled bilinearly to (H, W) before drawing; colours follow
-    :func:`heatmap` (sign detected on the upsampled map, which has the same sign pattern).
+    A map of lower resolution (a 7x7 Grad-CAM) is upsampled bilinearly to (H, W) before
+    drawing; colours follow :func:`heatmap` (the sign is read on the upsampled map, which
+    has the same sign pattern).
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+    image : torch.Tensor or numpy.ndarray
+        An ImageNet-normalised (1, 3, H, W) or (3, H, W) tensor (``normalized=False`` for
+        one in [0, 1]) or an (H, W, 3) array in [0, 1].
+    m : torch.Tensor or numpy.ndarray
+        (h, w).
+    alpha : float, default 0.5
+        The map's opacity, in [0, 1].
+    signed, cmap, title, colorbar, percentile, label
+        As in :func:`heatmap`.
+    normalized : bool, default True
+        Whether a tensor ``image`` is ImageNet-normalised.
+
+    Returns
+    -------
+    matplotlib.image.AxesImage
+        The map's image.
     """
     percentile, alpha = _check_percentile(percentile), _check_alpha(alpha)
     img = display_image(image, normalized)
@@ -334,23 +503,46 @@ def method_grid(images, maps: dict, signed: dict | None = None, lesion_masks=Non
                 size: float = 2.0, overlay_alpha: float | None = None):
     """Compare methods on images: one row per image, columns "input" then one per method.
 
-    Args:
-        images: N images: an (N, 3, H, W) tensor, a list of (3, H, W)/(1, 3, H, W) tensors
-            (ImageNet-normalised; ``normalized=False`` for [0, 1]) or (H, W, 3) arrays.
-        maps: ``{method name: N maps}``, as a list or a batch tensor; each map is reduced
-            by :func:`to_map` (channels summed), so (N, H, W), (N, C, H, W) and lists of
-            (h, w) all work. A map of lower resolution is stretched over the image's
-            pixel grid (blocky, not smoothed) so that mask contours line up.
-        signed: ``{method: bool}``; a missing method is signed when any of its maps has a
-            negative value. One rule per column, so a column's panels read alike.
-        lesion_masks, ruler_masks: N (H, W) bool masks (tensor batch or list, entries may
-            be None), drawn as cyan / yellow contours on every panel.
-        image_titles: N strings for the input panels (default "input").
-        caption: leading sentence(s); a description of the methods' sign and scaling is
-            always appended, and the whole is drawn under the figure.
-        overlay_alpha: draw each map over its image with this alpha instead of alone.
-    Returns:
-        the Figure. Each panel is scaled on its own (``percentile`` of |value|).
+    Each panel is scaled on its own (the ``percentile`` of ``|value|``), with its own
+    colorbar.
+
+    Parameters
+    ----------
+    images : torch.Tensor or list
+        N images: an (N, 3, H, W) tensor, a list of (3, H, W) or (1, 3, H, W) tensors
+        (ImageNet-normalised; ``normalized=False`` for [0, 1]) or (H, W, 3) arrays.
+    maps : dict
+        ``{method name: N maps}``, as a list or a batch tensor; each map is reduced by
+        :func:`to_map` (channels summed), so (N, H, W), (N, C, H, W) and lists of (h, w)
+        all work. A map of lower resolution is stretched over the image's pixel grid
+        (blocky, not smoothed) so that mask contours line up.
+    signed : dict, optional
+        ``{method: bool}``; a missing method is signed when any of its maps has a negative
+        value. One rule per column, so that a column's panels read alike.
+    lesion_masks, ruler_masks : optional
+        N (H, W) bool masks (a tensor batch or a list whose entries may be None), drawn as
+        cyan and yellow contours on every panel.
+    image_titles : sequence of str, optional
+        N titles for the input panels (default "input").
+    caption : str, optional
+        Leading sentences; a description of the methods' sign and scaling is always
+        appended, and the whole is drawn under the figure.
+    normalized : bool, default True
+    percentile : float, default 99.5
+        In (0, 100]: the map is clipped at this percentile of ``|value|`` (100: the maximum).
+    size : float, default 2.0
+        Inches per panel.
+    overlay_alpha : float, optional
+        Draw each map over its image with this opacity instead of alone.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    ValueError
+        If a method's maps or the masks do not come one per image.
     """
     percentile = _check_percentile(percentile)
     overlay_alpha = _check_alpha(overlay_alpha, "overlay_alpha", none_ok=True)

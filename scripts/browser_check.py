@@ -109,7 +109,8 @@ MATHS_REPORT_JS = r"""
   const first = display || document.querySelector("mjx-container");
   if (first) { first.scrollIntoView({block: "center"}); }
   const widgets = document.querySelectorAll(
-      'script[type="application/vnd.jupyter.widget-view+json"], .jupyter-widgets, .widget-area, .jp-OutputArea-output .widget-box');
+      'script[type="application/vnd.jupyter.widget-view+json"], .jupyter-widgets, .widget-area, '
+      + '.jp-OutputArea-output .widget-box');
   return {formulas: sources.length, rendered: sources.length - unrendered.length, unrendered,
           errors, visibleTex: visibleTex.slice(0, 5), widgets: widgets.length, mathjax: !!mj};
 })()
@@ -125,7 +126,8 @@ THEME_REPORT_JS = r"""
       .filter(e => shown(e) && !e.closest("article, .bd-article, .bd-search-container"));  // search.html has its own
   const sidebar = document.querySelector("#pst-primary-sidebar, .bd-sidebar-primary");
   const toggle = Array.from(document.querySelectorAll(
-      'button.primary-toggle, label.primary-toggle, [title="Toggle primary sidebar"], [aria-label="Toggle primary sidebar"]'))
+      'button.primary-toggle, label.primary-toggle, '
+      + '[title="Toggle primary sidebar"], [aria-label="Toggle primary sidebar"]'))
       .find(shown);
   const report = {searchFields: fields.length, sidebar: !!sidebar, toggle: !!toggle,
                   sidebarShownBefore: !!sidebar && shown(sidebar), sidebarShownAfter: null, restored: null};

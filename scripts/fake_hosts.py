@@ -110,7 +110,8 @@ class FakeHosts:
                 resolve = f"huggingface.co/{repo_id}/resolve/{revision}/{name}"
                 if name.endswith(lfs):
                     sha = sha256(path)
-                    pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {path.stat().st_size}\n"
+                    pointer = (f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\n"
+                               f"size {path.stat().st_size}\n")
                     blob = f"cdn-lfs.hf.co/repos/{sha[:2]}/{sha[2:4]}/{sha}"
                     self.add(blob, path, headers={"Content-Type": "binary/octet-stream", "ETag": f'"{sha}"'})
                     self.redirect(resolve, "{STORAGE}/" + blob, headers={
@@ -281,7 +282,8 @@ def timm_hub_repo(arch: str, folder: Path, seed: int = 0) -> tuple[str, dict]:
     safetensors.torch.save_file(state, str(weights), metadata={"format": "pt"})
     config = {"architecture": arch.split(".")[0], "num_classes": model.num_classes,
               "num_features": model.num_features, "global_pool": getattr(model, "global_pool", ""),
-              "pretrained_cfg": {k: v for k, v in cfg.to_dict().items() if isinstance(v, (str, int, float, list, tuple))}}
+              "pretrained_cfg": {k: v for k, v in cfg.to_dict().items()
+                                 if isinstance(v, (str, int, float, list, tuple))}}
     (out / "config.json").write_text(json.dumps(config, indent=2))
     return cfg.hf_hub_id, {"model.safetensors": weights, "config.json": out / "config.json"}
 

@@ -24,7 +24,7 @@ STAMP="$VENV/.chapter6-setup-stamp"
 
 FORCE=0
 EXTRAS="test,book"
-CHECK="import chapter6_utils, jupyter_book, nbval, sphinx_exercise, ipykernel"
+CHECK="import chapter6_utils, jupyter_book, nbval, sphinx_exercise, ipykernel, ruff"
 for arg in "$@"; do
     case "$arg" in
         --force) FORCE=1 ;;

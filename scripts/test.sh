@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up .venv and run every check the project has, stopping at the first failure:
 #
+#   0. ruff check                    the linter over the package, tests, benchmarks, scripts
 #   1. pytest tests/                 package tests and notebook hygiene
 #   2. nbval on notebooks/, book/    every notebook runs top to bottom without error;
 #                                    cells marked "# NBVAL_CHECK_OUTPUT" must reproduce
@@ -70,6 +71,10 @@ stage() {  # stage NAME COMMAND...
 }
 
 stage "setup" bash scripts/setup.sh
+
+# Seconds, and it finds undefined names and unused imports before any test runs
+# (configuration: [tool.ruff] in pyproject.toml).
+stage "ruff" .venv/bin/python -m ruff check chapter6_utils tests benchmarks scripts
 
 stage "pytest tests" env MPLBACKEND=Agg .venv/bin/python -m pytest tests
 

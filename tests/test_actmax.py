@@ -7,7 +7,7 @@ import torch
 from chapter6_utils import actmax, models
 from chapter6_utils.data import normalize
 from chapter6_utils.synthetic import make_lesions
-from chapter6_utils.train import TEST_SEED
+from chapter6_utils.synthetic import TEST_SEED
 
 STEPS = 64  # enough for every effect below to show by a wide margin; keeps the file fast
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from chapter6_utils import attention, models, synthetic, train, widgets
+from chapter6_utils import attention, models, synthetic, widgets
 from chapter6_utils.data import normalize
 
 
@@ -15,7 +15,7 @@ def vit():
 
 @pytest.fixture(scope="module")
 def lesions():
-    return synthetic.make_lesions(3, "biased", seed=train.TEST_SEED)
+    return synthetic.make_lesions(3, "biased", seed=synthetic.TEST_SEED)
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +204,7 @@ def test_imagenet_vit_at_224():
 def test_rollout_finds_the_ruler(vit):
     """On malignant lesions with rulers, lesion_vit's rollout puts more of its mass on the
     ruler than the ruler's share of the image area."""
-    pool = synthetic.make_lesions(400, "biased", seed=train.EVAL_SEED)
+    pool = synthetic.make_lesions(400, "biased", seed=synthetic.EVAL_SEED)
     s = pool.select(label=1, ruler=True)[:24]
     assert len(s) == 24
     maps = attention.upsample_to_image(attention.rollout(attention.attention_maps(vit, normalize(s.images))), 64,

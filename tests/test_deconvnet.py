@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from scipy.stats import spearmanr
 
-from chapter6_utils import data, models, saliency, synthetic, train
+from chapter6_utils import data, models, saliency, synthetic
 from chapter6_utils import deconvnet as D
 
 
@@ -27,7 +27,7 @@ def vgg(device):
 
 @pytest.fixture(scope="module")
 def lesions(device):
-    s = synthetic.make_lesions(48, "biased", seed=train.TEST_SEED)
+    s = synthetic.make_lesions(48, "biased", seed=synthetic.TEST_SEED)
     return s, data.normalize(s.images).to(device)
 
 
@@ -65,7 +65,8 @@ def test_equal_to_captum(which, cnn, vgg, lesions, device):
     from captum.attr import Deconvolution, GuidedBackprop
 
     model = cnn if which == "cnn" else vgg
-    x = lesions[1][:4] if which == "cnn" else torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)).to(device)
+    x = (lesions[1][:4] if which == "cnn"
+         else torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)).to(device))
     target = [1, 0, 1, 1] if which == "cnn" else [3, 7]
     before = fingerprint(model)
     for ours, theirs in [(D.deconvnet, Deconvolution), (D.guided_backprop, GuidedBackprop)]:
@@ -115,7 +116,8 @@ def _deconv_gradient_of_max(model, x, layer, channel):
                                                  ("vgg", "features.14", 0)])
 def test_project_meets_the_deconvnet_gradient(which, layer, channel, cnn, vgg, lesions, device):
     model = cnn if which == "cnn" else vgg
-    x = lesions[1][:3] if which == "cnn" else torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2)).to(device)
+    x = (lesions[1][:3] if which == "cnn"
+         else torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2)).to(device))
     before = fingerprint(model)
     p = D.project(model, x, layer, channel)
     assert_same(model, before)
@@ -159,7 +161,8 @@ def test_errors_name_the_problem_and_leave_the_model_alone(cnn, lesions):
         D.project(net, torch.randn(1, 3, 16, 16), "fc", 0)
     assert_same(net, before)
     with pytest.raises(ValueError, match="no nn.ReLU"):
-        D.guided_backprop(nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(1), nn.Linear(72, 2)), torch.randn(1, 3, 8, 8), 0)
+        no_relu = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(1), nn.Linear(72, 2))
+        D.guided_backprop(no_relu, torch.randn(1, 3, 8, 8), 0)
     resnet = models.load("lesion_resnet")
     before = fingerprint(resnet)
     with pytest.raises(ValueError, match=r"cannot invert 'bn1' \(BatchNorm2d\)"):
@@ -170,7 +173,8 @@ def test_errors_name_the_problem_and_leave_the_model_alone(cnn, lesions):
         D.project(cnn, x, "classifier.1", 0)
     with pytest.raises(ValueError, match="'features.99' is not a module"):
         D.project(cnn, x, "features.99", 0)
-    with pytest.raises(ValueError, match=r"channel must be an int >= 0 and <= 63 \(layer 'features.11' has 64 channels\), got 64"):
+    with pytest.raises(ValueError,
+                       match=r"channel must be an int >= 0 and <= 63 \(layer 'features.11' has 64 channels\), got 64"):
         D.project(cnn, x, "features.11", 64)
     with pytest.raises(ValueError, match="top_k"):
         D.project(cnn, x, "features.11", 0, top_k=0)
@@ -219,7 +223,7 @@ def _mean_spearman(a, b):
 
 
 def test_guided_backprop_ignores_the_randomised_head(cnn, device):
-    s = synthetic.make_lesions(64, "biased", seed=train.TEST_SEED).select(label=1)
+    s = synthetic.make_lesions(64, "biased", seed=synthetic.TEST_SEED).select(label=1)
     x = data.normalize(s.images[:12]).to(device)
     before = fingerprint(cnn)
     rand = _randomised(cnn, "classifier")

@@ -4,7 +4,7 @@ import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from chapter6_utils import attention, models, synthetic, train
+from chapter6_utils import attention, models, synthetic
 from chapter6_utils.data import normalize
 
 
@@ -64,7 +64,7 @@ def test_attention_gradients_and_gradient_rollout_equal_the_written_out_referenc
 
 @pytest.fixture(scope="module")
 def lesions():
-    return synthetic.make_lesions(3, "biased", seed=train.TEST_SEED)
+    return synthetic.make_lesions(3, "biased", seed=synthetic.TEST_SEED)
 
 
 @pytest.mark.bundled("lesion_vit")

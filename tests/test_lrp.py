@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from chapter6_utils import data, lrp, models, synthetic, train
+from chapter6_utils import data, lrp, models, synthetic
 from chapter6_utils.data import normalize
 from chapter6_utils.saliency import gradient_x_input
 
@@ -91,7 +91,7 @@ def test_matches_zennit_on_lesion_cnn():
     from zennit.torchvision import VGGCanonizer
 
     model = models.load("lesion_cnn")
-    x = normalize(synthetic.make_lesions(4, "biased", seed=train.EVAL_SEED).images)
+    x = normalize(synthetic.make_lesions(4, "biased", seed=synthetic.EVAL_SEED).images)
     ours = lrp.lrp(model, x, 1, composite=lrp.epsilon_gamma_box())
     assert rel(ours, zennit_box(model, x, 1, VGGCanonizer())) < 1e-4
 
@@ -133,7 +133,7 @@ def test_epsilon_matches_captum_on_lesion_cnn():
         def forward(self, x):
             return self.head(torch.flatten(self.features(x), 1))
 
-    x = normalize(synthetic.make_lesions(4, "biased", seed=train.EVAL_SEED).images)
+    x = normalize(synthetic.make_lesions(4, "biased", seed=synthetic.EVAL_SEED).images)
     theirs = LRP(Functional(model)).attribute(x.clone().requires_grad_(True), target=1).detach()
     ours = lrp.lrp(model, x, 1, composite=lrp.all_epsilon(1e-9))  # Captum's default epsilon
     assert rel(ours, theirs) < 1e-4
@@ -142,7 +142,7 @@ def test_epsilon_matches_captum_on_lesion_cnn():
 # --------------------------------------------------------------------------- canonisation and audit
 def test_lesion_resnet_conserves_up_to_what_the_audit_says_was_absorbed():
     model = models.load("lesion_resnet")
-    x = normalize(synthetic.make_lesions(2, "biased", seed=train.EVAL_SEED).images)
+    x = normalize(synthetic.make_lesions(2, "biased", seed=synthetic.EVAL_SEED).images)
     table = lrp.conservation(model, x, 1)
     names = [row["layer"] for row in table.rows]
     assert names[0] == "conv1" and names[-1] == "fc" and any(n.endswith(".add") for n in names)
@@ -206,7 +206,7 @@ def test_model_unchanged_and_batch_equals_one_at_a_time(name):
     model.train()
     model.register_forward_hook(lambda *a: None)
     before = state(model)
-    x = normalize(synthetic.make_lesions(3, "biased", seed=train.EVAL_SEED).images)
+    x = normalize(synthetic.make_lesions(3, "biased", seed=synthetic.EVAL_SEED).images)
     batch = lrp.lrp(model, x, [0, 1, 1])
     lrp.conservation(model, x, 1)
     lrp.lrp(model, x, 1, maxpool="average", return_layers=True)
@@ -217,7 +217,7 @@ def test_model_unchanged_and_batch_equals_one_at_a_time(name):
 
 
 def test_default_composite_works_with_pixel_bounds_on_the_lesion_models():
-    x = normalize(synthetic.make_lesions(2, "biased", seed=train.EVAL_SEED).images)
+    x = normalize(synthetic.make_lesions(2, "biased", seed=synthetic.EVAL_SEED).images)
     low, high = data.pixel_bounds_like(x)
     for name in ("lesion_cnn", "lesion_cnn_clean"):
         model = models.load(name)
@@ -230,7 +230,7 @@ def test_default_composite_works_with_pixel_bounds_on_the_lesion_models():
 # --------------------------------------------------------------------------- the ruler
 @pytest.mark.bundled("lesion_cnn", "lesion_cnn_clean")
 def test_positive_relevance_on_the_ruler_shortcut_vs_clean():
-    lesions = synthetic.make_lesions(120, "biased", seed=train.TEST_SEED).select(label=1, ruler=True)
+    lesions = synthetic.make_lesions(120, "biased", seed=synthetic.TEST_SEED).select(label=1, ruler=True)
     x, ruler = normalize(lesions.images), lesions.ruler_mask.float()
     shares = {}
     for name in ("lesion_cnn", "lesion_cnn_clean"):
@@ -244,7 +244,7 @@ def test_positive_relevance_on_the_ruler_shortcut_vs_clean():
 def test_lrp_widget_pure_functions():
     from chapter6_utils import widgets
 
-    one = synthetic.make_lesions(8, "biased", seed=train.EVAL_SEED).select(label=1, ruler=True)[:1]
+    one = synthetic.make_lesions(8, "biased", seed=synthetic.EVAL_SEED).select(label=1, ruler=True)[:1]
     model = models.load("lesion_cnn")
     x, masks = normalize(one.images), (one.lesion_mask[0], one.ruler_mask[0])
     m, stats = widgets.lrp_view(model, x, 1, "zB", 0.25, 0.25, masks=masks)

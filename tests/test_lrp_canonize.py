@@ -183,7 +183,8 @@ class _StdConv(nn.Conv2d):
     plain convolution of ``self.weight``."""
 
     def forward(self, x):
-        w = (self.weight - self.weight.mean((1, 2, 3), keepdim=True)) / (self.weight.std((1, 2, 3), keepdim=True) + 1e-5)
+        centred = self.weight - self.weight.mean((1, 2, 3), keepdim=True)
+        w = centred / (self.weight.std((1, 2, 3), keepdim=True) + 1e-5)
         return self._conv_forward(x, w, self.bias)
 
 

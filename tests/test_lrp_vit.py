@@ -1,8 +1,6 @@
 """LRP through timm Vision Transformers (chapter6_utils.lrp.transformer, .vit): agreement
 with an independent float64 reference written from the papers' equations, per-block
 conservation, the model left as found, batches, fused attention, unsupported blocks."""
-import copy
-
 import pytest
 import torch
 import torch.nn as nn
@@ -127,7 +125,7 @@ def reference(vit, x, target, variant, box, eps=1e-6, stab_box=1e-6):
     r_final = torch.zeros_like(final)
     r_final[0] = r_cls
     r = ln_rule(xt, vit.norm, r_final, eps)
-    for blk, (xt, h1, qs, k, v, s, a, merged, x1, att, h2, f1, g, f2) in zip(reversed(vit.blocks), reversed(cache)):
+    for blk, (xt, h1, qs, k, v, s, a, merged, x1, att, h2, _f1, g, f2) in zip(reversed(vit.blocks), reversed(cache)):
         at, heads, dh = blk.attn, blk.attn.num_heads, blk.attn.head_dim
         out = x1 + f2                                        # residual: LRP-0, proportional split
         r_x1, r_f2 = x1 / out * r, f2 / out * r

@@ -9,8 +9,8 @@ import torch
 import chapter6_utils
 from chapter6_utils import models
 from chapter6_utils.data import normalize
-from chapter6_utils.synthetic import make_lesions
-from chapter6_utils.train import RECIPES, TEST_SEED, accuracy_by_split, predict, training_set
+from chapter6_utils.synthetic import TEST_SEED, make_lesions
+from chapter6_utils.train import RECIPES, accuracy_by_split, predict, training_set
 
 BUNDLED = ["lesion_cnn", "lesion_cnn_clean", "lesion_resnet", "lesion_vit", "lesion_vit_seed2"]
 SHUFFLED = "lesion_cnn_shuffled"  # data randomisation: at chance on new images by design

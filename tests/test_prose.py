@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Notebooks being rewritten in other issues this round: they get the portable form in a
 # second pass (the lead's plan for issue 14). Remove a name once its notebook converts.
-SECOND_PASS = {"06_vit_attention", "07_side_by_side"}
+SECOND_PASS = {"07_side_by_side"}
 
 NOTEBOOKS = sorted(p for folder in ("notebooks", "book") for p in (ROOT / folder).glob("*.ipynb"))
 PORTABLE = [p for p in NOTEBOOKS if p.stem not in SECOND_PASS]
@@ -260,6 +260,14 @@ DESIGN = {
     "05_activation_maximization": {
         "16×16": "features.11's grid in lesion_cnn",
         "0.5": "the TV weight of the searches",
+    },
+    "06_vit_attention": {
+        "90%": "the discard ratio of Figure 17's max-fusion rollout, and the last removal step of "
+               "Chefer et al.'s perturbation protocol",
+        "0.5": "rollout's equal weight of attention and identity (equation 13)",
+        "10%": "the first removal step of Chefer et al.'s perturbation protocol",
+        "0.9": "the removed fraction at which Chefer et al.'s protocol stops",
+        "95%": "the level of the bootstrap intervals the code computes",
     },
     "08_exercises": {
         "0.5": "rollout's equal weight of attention and identity (equation 13)",

@@ -40,7 +40,8 @@ def test_damaged_bundled_weights_are_never_loaded_as_bundled(weights_copy, capsy
         path.write_bytes(raw[:1000] + bytes([raw[1000] ^ 1]) + raw[1001:])
     else:
         (weights_copy / "SHA256SUMS").write_text("".join(
-            line + "\n" for line in (weights_copy / "SHA256SUMS").read_text().splitlines() if "lesion_cnn.pt" not in line))
+            line + "\n" for line in (weights_copy / "SHA256SUMS").read_text().splitlines()
+            if "lesion_cnn.pt" not in line))
     m = models.load("lesion_cnn", weights_dir=weights_copy)
     assert m.ch6.weights == "random"
     out = capsys.readouterr().out
@@ -129,8 +130,8 @@ def published(tmp_path_factory):
     resnet = folder / "resnet18.pth"
     torch.save(models.build("resnet18").state_dict(), resnet)
     vit = folder / "model.safetensors"
-    safetensors.torch.save_file({k: v.contiguous() for k, v in models.build("vit_small_patch16_224").state_dict().items()},
-                                str(vit), metadata={"format": "pt"})
+    vit_state = models.build("vit_small_patch16_224").state_dict()
+    safetensors.torch.save_file({k: v.contiguous() for k, v in vit_state.items()}, str(vit), metadata={"format": "pt"})
     return {"resnet18": resnet, "vit": vit}
 
 

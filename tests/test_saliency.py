@@ -1,4 +1,5 @@
-"""saliency: gradient, gradient x input, vanilla saliency (equation 1) and SmoothGrad (equation 2), book/equations.md."""
+"""saliency: gradient, gradient x input, vanilla saliency (equation 1) and SmoothGrad (equation 2),
+book/equations.md."""
 import pytest
 import torch
 import torch.nn as nn

@@ -1,6 +1,5 @@
 """The lesion world: shapes, determinism, split statistics, masks, errors, speed."""
 
-import numpy as np
 import pytest
 import torch
 

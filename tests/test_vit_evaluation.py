@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from chapter6_utils import evaluation as ev, models, synthetic, train
+from chapter6_utils import evaluation as ev, models, synthetic
 from chapter6_utils.data import normalize
 from chapter6_utils.evaluation import perturbation as P
 
@@ -15,7 +15,7 @@ CLASS_FREE = {"cls_attention", "rollout", "rollout_max"}
 
 @pytest.fixture(scope="module")
 def pool():
-    return synthetic.make_lesions(160, "biased", seed=train.TEST_SEED)
+    return synthetic.make_lesions(160, "biased", seed=synthetic.TEST_SEED)
 
 
 # --------------------------------------------------------------------------- the registry

@@ -87,7 +87,7 @@ def class_logit(c: int) -> Objective:
         if out.dim() != 2:
             raise ValueError(f"class_logit needs a model returning (N, num_classes) logits, got {tuple(out.shape)}")
         if c >= out.shape[1]:
-            raise ValueError(f"class index {c} is out of range: the model has {out.shape[1]} classes [0, {out.shape[1]})")
+            raise ValueError(f"class index {c} is out of range: the model has {out.shape[1]} classes [0, {out.shape[1]})")  # noqa: E501
         return out[:, c]
 
     return Objective(fn, [_OUTPUT], f"logit {c}")
@@ -100,7 +100,7 @@ def channel(layer: str, c: int) -> Objective:
     def fn(acts):
         a = _layer_act(acts, layer, "channel")
         if c >= a.shape[1]:
-            raise ValueError(f"channel {c} is out of range: layer {layer!r} has {a.shape[1]} channels [0, {a.shape[1]})")
+            raise ValueError(f"channel {c} is out of range: layer {layer!r} has {a.shape[1]} channels [0, {a.shape[1]})")  # noqa: E501
         return a[:, c].mean(dim=(1, 2))
 
     return Objective(fn, [layer], f"{layer}[{c}] mean")

@@ -345,6 +345,6 @@ def top_activations(model, images, layer, channel: int, k: int = 9, batch_size: 
         kept, _, _ = _keep_top(a, channel, 1)
         proj = _invert(steps, kept)
     boxes = [_box(steps, int(r), int(c)) for r, c in position.tolist()]
-    patch = [images[i, :, t:b, l:r].detach() for i, (t, l, b, r) in zip(index.tolist(), boxes)]
-    proj_patch = [proj[j, :, t:b, l:r] for j, (t, l, b, r) in enumerate(boxes)]
+    patch = [images[i, :, t:b, l:r].detach() for i, (t, l, b, r) in zip(index.tolist(), boxes)]  # noqa: E741 (t, l, b, r: box edges)
+    proj_patch = [proj[j, :, t:b, l:r] for j, (t, l, b, r) in enumerate(boxes)]  # noqa: E741
     return TopActivations(name, int(channel), index, value, position, boxes, patch, proj, proj_patch)

@@ -80,7 +80,7 @@ class _FunctionalReLUDetector(TorchFunctionMode):
                      if self.stack else "in the model's forward")
             raise TypeError(
                 f"{_qualname(func)} is called {where} outside any nn.ReLU module: "
-                f"the {self.rule!r} ReLU rule (equation 3 (book/equations.md)) hooks nn.ReLU modules only and cannot reach "
+                f"the {self.rule!r} ReLU rule (equation 3 (book/equations.md)) hooks nn.ReLU modules only and cannot reach "  # noqa: E501
                 "a functional ReLU, so the map would silently be a plain gradient there (Captum's "
                 "GuidedBackprop and Deconvolution do exactly that). Replace the call with an nn.ReLU "
                 "module (self.relu = nn.ReLU() in __init__).")
@@ -105,7 +105,7 @@ def relu_rule(model: nn.Module, rule: str):
     checks.choice(rule, "rule", RULES)
     relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
     if not relus:
-        raise ValueError(f"{type(model).__name__} has no nn.ReLU module: the {rule!r} rule of equation 3 (book/equations.md) "
+        raise ValueError(f"{type(model).__name__} has no nn.ReLU module: the {rule!r} rule of equation 3 (book/equations.md) "  # noqa: E501
                          "changes only ReLUs, so there is nothing to apply it to (the map would be a plain "
                          "gradient)")
     stack, handles = [], []

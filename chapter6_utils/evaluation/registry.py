@@ -2,7 +2,6 @@
 columns of the chapter's Table 1 that need nothing else (compute cost, conservation)."""
 from __future__ import annotations
 
-import importlib
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -10,7 +9,10 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+# The methods the registry runs, imported by name so that a reader (and an import-graph
+# tool) sees what evaluation depends on; none of them imports evaluation, so no cycle.
 from .. import _checks as checks
+from .. import attention, deconvnet, lrp, saliency
 from .._guard import check_target, model_guard
 
 __all__ = ["Method", "METHODS", "get_method", "available_methods", "method_maps", "is_vit",
@@ -29,8 +31,7 @@ class Method:
 
     Attributes:
         name: the registry key.
-        target: ``"module:function"`` under ``chapter6_utils`` (imported when first called,
-            so the registry lists methods whose module is not installed yet) or a callable.
+        target: the function, called as ``target(model, x, target, **options)``.
         signed: whether the 2-D map keeps a sign.
         evidence_rule: how the map is read as evidence for the class: ``"abs"``
             (sensitivity: a large change either way), ``"positive"`` (signed relevance:
@@ -43,7 +44,7 @@ class Method:
     """
 
     name: str
-    target: str | Callable
+    target: Callable
     signed: bool
     evidence_rule: str
     reduce: str | None = "sum"
@@ -51,23 +52,13 @@ class Method:
     architecture: str = "any"
     label: str = ""
 
-    def function(self) -> Callable:
-        if callable(self.target):
-            return self.target
-        module, attr = self.target.split(":")
-        try:
-            mod = importlib.import_module(f"chapter6_utils.{module}")
-        except ImportError as err:
-            raise ImportError(f"method {self.name!r} needs chapter6_utils.{module}, which is not "
-                              f"installed in this copy of the package ({err})") from err
-        return getattr(mod, attr)
+    def __post_init__(self):
+        if not callable(self.target):
+            raise TypeError(f"Method {self.name!r}: target must be the method's function "
+                            f"(e.g. saliency.gradient), got {self.target!r:.80}")
 
-    def is_available(self) -> bool:
-        try:
-            self.function()
-        except (ImportError, AttributeError):
-            return False
-        return True
+    def function(self) -> Callable:
+        return self.target
 
     def applies_to(self, model: nn.Module) -> bool:
         return self.architecture == "any" or (self.architecture == "vit") == is_vit(model)
@@ -106,24 +97,22 @@ def _m(name, target, signed, rule, label, **kw):
 #: The methods of the chapter, by name. SmoothGrad's default keeps evaluations quick
 #: (n_samples=10 instead of the chapter's 25; pass ``n_samples=25`` to match it).
 METHODS: dict[str, Method] = dict([
-    _m("gradient", "saliency:gradient", True, "abs", "Gradient"),
-    _m("saliency", "saliency:saliency_map", False, "value", "Saliency", reduce=None),
-    _m("smoothgrad", "saliency:smoothgrad", False, "value", "SmoothGrad", reduce=None,
+    _m("gradient", saliency.gradient, True, "abs", "Gradient"),
+    _m("saliency", saliency.saliency_map, False, "value", "Saliency", reduce=None),
+    _m("smoothgrad", saliency.smoothgrad, False, "value", "SmoothGrad", reduce=None,
        defaults={"n_samples": 10, "sigma": 0.15, "seed": 0}),
-    _m("gradient_x_input", "saliency:gradient_x_input", True, "positive", "Gradient × input"),
-    _m("deconvnet", "deconvnet:deconvnet", True, "abs", "Deconvnet", architecture="cnn"),
-    _m("guided_backprop", "deconvnet:guided_backprop", True, "abs", "Guided backprop", architecture="cnn"),
-    _m("lrp", "lrp:lrp", True, "positive", "LRP (composite)", architecture="cnn"),
-    _m("rollout", "attention:rollout_map", False, "value", "Attention rollout", reduce=None,
+    _m("gradient_x_input", saliency.gradient_x_input, True, "positive", "Gradient × input"),
+    _m("deconvnet", deconvnet.deconvnet, True, "abs", "Deconvnet", architecture="cnn"),
+    _m("guided_backprop", deconvnet.guided_backprop, True, "abs", "Guided backprop", architecture="cnn"),
+    _m("lrp", lrp.lrp, True, "positive", "LRP (composite)", architecture="cnn"),
+    _m("rollout", attention.rollout_map, False, "value", "Attention rollout", reduce=None,
        architecture="vit"),
 ])
 
 
 def _lrp_with(composite: str) -> Callable:
-    """``lrp.lrp`` with one of the ViT composites (``lrp`` imported when first called)."""
+    """``lrp.lrp`` with one of the ViT composites (a fresh composite per call)."""
     def method(model, x, target, **options):
-        from .. import lrp
-
         return lrp.lrp(model, x, target, composite=getattr(lrp, composite)(), **options)
 
     method.__name__ = method.__qualname__ = f"lrp_{composite}"
@@ -132,11 +121,11 @@ def _lrp_with(composite: str) -> Callable:
 
 # Methods for Vision Transformers (gradient and gradient x input above apply to them too).
 METHODS.update([
-    _m("cls_attention", "attention:cls_attention_map", False, "value", "Raw CLS attention (last block)",
+    _m("cls_attention", attention.cls_attention_map, False, "value", "Raw CLS attention (last block)",
        reduce=None, architecture="vit"),
-    _m("rollout_max", "attention:rollout_map", False, "value", "Rollout (max, 90% discarded)", reduce=None,
+    _m("rollout_max", attention.rollout_map, False, "value", "Rollout (max, 90% discarded)", reduce=None,
        defaults={"head_fusion": "max", "discard_ratio": 0.9}, architecture="vit"),
-    _m("gradient_rollout", "attention:gradient_rollout_map", False, "value", "Gradient-weighted rollout",
+    _m("gradient_rollout", attention.gradient_rollout_map, False, "value", "Gradient-weighted rollout",
        reduce=None, architecture="vit"),
     _m("attn_lrp", _lrp_with("attn_lrp"), True, "positive", "AttnLRP", architecture="vit"),
     _m("cp_lrp", _lrp_with("cp_lrp"), True, "positive", "CP-LRP", architecture="vit"),
@@ -153,8 +142,8 @@ def get_method(method) -> Method:
 
 
 def available_methods(model: nn.Module | None = None) -> list[str]:
-    """Registered methods whose module is installed (and that apply to ``model``)."""
-    return [n for n, m in METHODS.items() if m.is_available() and (model is None or m.applies_to(model))]
+    """Registered methods (that apply to ``model``, when one is given)."""
+    return [n for n, m in METHODS.items() if model is None or m.applies_to(model)]
 
 
 def method_maps(model, x, target, methods=None, options=None) -> dict[str, torch.Tensor]:

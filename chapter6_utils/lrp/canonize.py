@@ -201,7 +201,7 @@ def _plan_merges(flow, counts):
 
         def refuse(why):
             raise UnsupportedLayerError(
-                f"LRP cannot merge BatchNorm {bn}: {why}. LRP merges a BatchNorm into the convolution or linear "
+                f"LRP cannot merge BatchNorm {bn}: {why}. LRP merges a BatchNorm into the convolution or linear "  # noqa: B023 (called in this iteration)
                 "layer whose output it normalises (or forward into an unpadded convolution or linear layer that "
                 "alone reads it), so that its shift becomes that layer's bias; without an exact merge LRP would "
                 "explain another network. Fold it into a neighbouring layer yourself, or use a method without "

@@ -57,7 +57,7 @@ class Composite:
         n_lower = math.ceil(self.lower_share * len(rest) - 1e-9)
         for i, n in enumerate(rest):
             rules[n] = self.lower if i < n_lower else self.upper
-        for n, m in weighted:
+        for n, _m in weighted:
             rules.setdefault(n, self.dense)
         for n, m in named_layers:
             if n not in rules and isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d, Add)):

@@ -147,7 +147,7 @@ class Zero(Epsilon):
 class Gamma(Rule):
     """LRP-gamma, equation 7 (book/equations.md): ``R_i = sum_j a_i (w_ij + g w+_ij) / sum_i' a_i' (w_i'j + g w+_i'j) R_j``
     (Montavon et al., 2019), in Zennit's generalised form for signed inputs and outputs
-    (see the module docstring). ``stabiliser`` only keeps denominators off zero."""
+    (see the module docstring). ``stabiliser`` only keeps denominators off zero."""  # noqa: E501
 
     def __init__(self, gamma: float = 0.25, stabiliser: float = 1e-6):
         self.gamma = _check_number(gamma, "gamma")

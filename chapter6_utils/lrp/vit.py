@@ -21,7 +21,6 @@ there.
 """
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 
 from .canonize import UnsupportedLayerError

@@ -12,9 +12,9 @@ same functions, because a rendered page has no kernel to move a slider.
 One module per method (``saliency``, ``deconvnet``, ``lrp``, ``actmax``, ``attention``) and
 ``_core`` for :func:`explorer`; everything is importable from ``chapter6_utils.widgets``.
 
-ipywidgets is imported only when a widget is built, and only APIs found in both 7.x (Colab)
-and 8.x are used: ``SelectionSlider``, ``VBox``, ``Output``, ``observe(names="value")``.
-Method modules are imported lazily too, so this module imports before they exist.
+Only ipywidgets APIs found in both 7.x (Colab) and 8.x are used: ``SelectionSlider``,
+``VBox``, ``Output``, ``observe(names="value")``. The widgets import the method modules
+they drive at module level (top floor; no method module imports a widget).
 """
 from __future__ import annotations
 
@@ -25,4 +25,9 @@ from .attention import attention_view, attention_figure, attention_explorer, att
 from .lrp import lrp_schedule, lrp_view, lrp_figure, lrp_explorer, lrp_grid, LRP_FIRST_RULES  # noqa: F401
 from .actmax import actmax_view, actmax_figure, actmax_explorer, actmax_grid, ACTMAX_ABLATION  # noqa: F401
 
-__all__ = ["explorer", "smoothgrad_view", "smoothgrad_figure", "smoothgrad_explorer", "smoothgrad_grid", "projection_view", "projection_figure", "projection_explorer", "projection_grid", "attention_view", "attention_figure", "attention_explorer", "attention_grid", "lrp_schedule", "lrp_view", "lrp_figure", "lrp_explorer", "lrp_grid", "LRP_FIRST_RULES", "actmax_view", "actmax_figure", "actmax_explorer", "actmax_grid", "ACTMAX_ABLATION"]
+__all__ = ["explorer",
+           "smoothgrad_view", "smoothgrad_figure", "smoothgrad_explorer", "smoothgrad_grid",
+           "projection_view", "projection_figure", "projection_explorer", "projection_grid",
+           "attention_view", "attention_figure", "attention_explorer", "attention_grid",
+           "lrp_schedule", "lrp_view", "lrp_figure", "lrp_explorer", "lrp_grid", "LRP_FIRST_RULES",
+           "actmax_view", "actmax_figure", "actmax_explorer", "actmax_grid", "ACTMAX_ABLATION"]

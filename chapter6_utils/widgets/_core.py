@@ -1,8 +1,11 @@
-"""The generic explorer (sliders wired to a pure compute and a pure figure function) and helpers the method widgets share."""
+"""The generic explorer (sliders wired to a pure compute and a pure figure function) and the
+helpers the method widgets share."""
 from __future__ import annotations
 
+import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
+from IPython.display import display
 
 from .. import viz
 
@@ -11,8 +14,6 @@ from .. import viz
 def _slider(name: str, spec):
     """A slider for ``spec``: a ready widget is used as is; a sequence becomes a
     SelectionSlider over its values (first value selected)."""
-    import ipywidgets as widgets
-
     if isinstance(spec, widgets.Widget):
         return spec
     values = list(spec)
@@ -28,24 +29,32 @@ def _slider(name: str, spec):
 def explorer(compute_fn, figure_fn, **slider_specs):
     """Sliders wired to a pure compute function and a pure figure function, with a cache.
 
-    Args:
-        compute_fn: ``compute_fn(**params) -> result`` (e.g. ``(map, stats)``); called once
-            per distinct setting: results are cached by the tuple of slider values, so
-            moving a slider back is instant.
-        figure_fn: ``figure_fn(result, **params) -> matplotlib Figure``.
-        **slider_specs: ``name=values`` (a sequence: a SelectionSlider, first value
-            selected) or ``name=widget`` (any ipywidgets value widget). The names are
-            the keyword arguments both functions receive.
+    Parameters
+    ----------
+    compute_fn : callable
+        ``compute_fn(**params) -> result`` (e.g. ``(map, stats)``); called once per
+        distinct setting: results are cached by the tuple of slider values, so moving a
+        slider back is instant.
+    figure_fn : callable
+        ``figure_fn(result, **params) -> matplotlib.figure.Figure``.
+    **slider_specs
+        ``name=values`` (a sequence: a SelectionSlider, first value selected) or
+        ``name=widget`` (any ipywidgets value widget). The names are the keyword arguments
+        both functions receive.
 
-    Returns:
-        an ``ipywidgets.VBox`` (sliders, then an Output showing the figure) with extra
-        attributes: ``sliders`` (dict name -> widget), ``out`` (the Output), ``cache``
-        (dict key -> result), ``params()`` (the current settings) and ``refresh()``
-        (compute if needed and redraw; called on every slider change).
+    Returns
+    -------
+    ipywidgets.VBox
+        The sliders, then an Output showing the figure, with extra attributes: ``sliders``
+        (dict name -> widget), ``out`` (the Output), ``cache`` (dict key -> result),
+        ``params()`` (the current settings) and ``refresh()`` (compute if needed and
+        redraw; called on every slider change).
+
+    Raises
+    ------
+    ValueError
+        Without any slider, or for a slider with no values.
     """
-    import ipywidgets as widgets
-    from IPython.display import display
-
     if not slider_specs:
         raise ValueError("explorer needs at least one slider")
     sliders = {name: _slider(name, spec) for name, spec in slider_specs.items()}

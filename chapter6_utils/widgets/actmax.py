@@ -5,6 +5,8 @@ import textwrap
 
 import matplotlib.pyplot as plt
 
+from .. import actmax
+from ..data import normalize
 from ._core import explorer
 
 
@@ -22,17 +24,29 @@ ACTMAX_ABLATION = {
 
 def actmax_view(model, objective, l2: float = 0.0, blur_every: int = 0, tv: float = 0.0, jitter: int = 0,
                 steps: int = 64, lr: float = 0.05, blur_sigma: float = 1.0, seed: int = 0, image_size=None):
-    """One activation-maximisation image and the numbers the regularisers act on.
+    """One activation-maximisation image (equation 10 (book/equations.md)) and the numbers
+    the regularisers act on.
 
     Runs :func:`chapter6_utils.actmax.maximize` with the given knobs (same seed, same
-    image). Returns ``(image, stats)``: ``image`` (H, W, 3) float array in [0, 1];
-    ``stats`` a dict with ``objective`` (final value), ``start`` (value on the starting
-    noise), ``l2`` (mean squared normalised pixel), ``tv`` (:func:`~chapter6_utils.actmax.total_variation`)
-    and ``high_freq`` (:func:`~chapter6_utils.actmax.high_frequency_energy`).
-    """
-    from .. import actmax  # lazy, like the other method modules
-    from ..data import normalize
+    starting noise).
 
+    Parameters
+    ----------
+    model : torch.nn.Module
+    objective : callable
+        An objective of :mod:`chapter6_utils.actmax` (e.g. ``actmax.class_logit(1)``).
+    l2, blur_every, tv, jitter, steps, lr, blur_sigma, seed, image_size
+        Passed to :func:`chapter6_utils.actmax.maximize`.
+
+    Returns
+    -------
+    image : numpy.ndarray
+        (H, W, 3) float in [0, 1].
+    stats : dict
+        ``objective`` (final value), ``start`` (value on the starting noise), ``l2`` (mean
+        squared normalised pixel), ``tv`` (:func:`chapter6_utils.actmax.total_variation`)
+        and ``high_freq`` (:func:`chapter6_utils.actmax.high_frequency_energy`).
+    """
     r = actmax.maximize(model, objective, steps=int(steps), lr=lr, l2=float(l2), blur_every=int(blur_every),
                         blur_sigma=blur_sigma, tv=float(tv), jitter=int(jitter), seed=seed, image_size=image_size)
     x = r.image[:1]
@@ -47,7 +61,19 @@ def _actmax_stats_line(stats: dict) -> str:
 
 
 def actmax_figure(result, title: str | None = None, size: float = 3.2):
-    """The image of :func:`actmax_view` with its numbers under it, as a new Figure."""
+    """The image of :func:`actmax_view` with its numbers under it, as a new Figure.
+
+    Parameters
+    ----------
+    result : tuple
+        :func:`actmax_view`'s ``(image, stats)``.
+    title : str, optional
+    size : float, default 3.2
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     image, stats = result
     fig, ax = plt.subplots(figsize=(size, size + 0.8), layout="constrained")
     ax.imshow(image, interpolation="nearest")
@@ -62,9 +88,24 @@ def actmax_figure(result, title: str | None = None, size: float = 3.2):
 
 def actmax_explorer(model, objective, l2_values=(0.0, 0.5, 2.0, 8.0), blur_values=(0, 8, 4, 2),
                     tv_values=(0.0, 0.5, 2.0, 8.0), jitter_values=(0, 1, 2, 4), steps: int = 64, seed: int = 0):
-    """Sliders for the regularisers of activation maximisation (L2 weight, blur every k
-    steps (0: never), TV weight, jitter in pixels) over one objective. Returns the
-    :func:`explorer` VBox; in the printed book use :func:`actmax_grid`."""
+    """Sliders for the regularisers of activation maximisation over one objective.
+
+    L2 weight, blur every k steps (0: never), TV weight, jitter in pixels. In the printed
+    book use :func:`actmax_grid`.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    objective : callable
+    l2_values, blur_values, tv_values, jitter_values : sequence
+        The sliders' values.
+    steps : int, default 64
+    seed : int, default 0
+
+    Returns
+    -------
+    ipywidgets.VBox
+    """
     desc = getattr(objective, "description", str(objective))
 
     def compute(l2, blur_every, tv, jitter):
@@ -79,9 +120,26 @@ def actmax_explorer(model, objective, l2_values=(0.0, 0.5, 2.0, 8.0), blur_value
 
 def actmax_grid(model, objective, settings: dict | None = None, steps: int = 64, seed: int = 0,
                 size: float = 2.2, image_size=None):
-    """The static twin of :func:`actmax_explorer`: one image per named regulariser setting
-    (default :data:`ACTMAX_ABLATION`), all from the same starting noise, each titled with
-    its final objective and the measures the regularisers act on. Returns the Figure."""
+    """The static twin of :func:`actmax_explorer`: one image per named regulariser setting.
+
+    All start from the same noise; each is titled with its final objective and the
+    measures the regularisers act on.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    objective : callable
+    settings : dict, optional
+        ``{name: options of maximize}`` (default :data:`ACTMAX_ABLATION`).
+    steps : int, default 64
+    seed : int, default 0
+    size : float, default 2.2
+    image_size : int, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     settings = settings or ACTMAX_ABLATION
     views = {name: actmax_view(model, objective, steps=steps, seed=seed, image_size=image_size, **kw)
              for name, kw in settings.items()}

@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .. import viz
+from .. import attention, viz
 from ._core import _grid_figure, _input_panel, _one_image, explorer
 
 
@@ -19,7 +19,7 @@ def _mask_shares(m: torch.Tensor, masks) -> dict:
     if masks is not None:
         for key, mask in zip(("lesion_share", "ruler_share"), masks):
             if mask is not None:
-                mk = torch.as_tensor(np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask), dtype=torch.bool)
+                mk = torch.as_tensor(np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask), dtype=torch.bool)  # noqa: E501
                 out[key] = float(m.double()[mk].sum() / mass) if mass > 0 else float("nan")
     return out
 
@@ -28,24 +28,42 @@ def attention_view(attn, image_size, layer: int, head, head_fusion: str, discard
                    alpha=0.5, masks=None, num_prefix_tokens: int = 1):
     """One image's CLS attention at one layer and its attention rollout, at image size.
 
-    Args:
-        attn: (1, L, heads, T, T) from :func:`chapter6_utils.attention.attention_maps`.
-        image_size: the image's (H, W) (or an int).
-        layer, head: passed to :func:`~chapter6_utils.attention.cls_attention` (head an
-            int, or "mean"/"max"/"min" for the heads fused).
-        head_fusion, discard_ratio, alpha: passed to :func:`~chapter6_utils.attention.rollout`.
-        masks: optional ``(lesion_mask, ruler_mask)`` (H, W) bool, for mass shares.
+    Rollout is equation 13 (book/equations.md) (Abnar & Zuidema, 2020).
 
-    Returns:
-        ``(cls_map, rollout_map, stats)``: two (H, W) float32 CPU maps, each patch's
-        weight spread over its pixels (nearest upsampling, so shares are patch-weighted),
-        and a dict with the settings, ``cls_self`` (the rollout's CLS self-weight: the
-        share of the CLS row that stays off the patches) and, with masks,
-        ``cls_lesion_share``, ``cls_ruler_share``, ``rollout_lesion_share``,
-        ``rollout_ruler_share``.
+    Parameters
+    ----------
+    attn : torch.Tensor
+        (1, L, heads, T, T) from :func:`chapter6_utils.attention.attention_maps`.
+    image_size : int or (int, int)
+        The image's (H, W).
+    layer : int
+    head : int or {"mean", "max", "min"}
+        Passed to :func:`chapter6_utils.attention.cls_attention` (a head, or the heads fused).
+    head_fusion : str
+    discard_ratio : float
+    alpha : float, default 0.5
+        Passed to :func:`chapter6_utils.attention.rollout`.
+    masks : (torch.Tensor or None, torch.Tensor or None), optional
+        ``(lesion_mask, ruler_mask)``, each (H, W) bool or None.
+        For the maps' mass shares.
+    num_prefix_tokens : int, default 1
+        Tokens before the patches (CLS, registers).
+
+    Returns
+    -------
+    cls_map, rollout_map : torch.Tensor
+        (H, W) float32 CPU maps, each patch's weight spread over its pixels (nearest
+        upsampling, so that shares are patch-weighted).
+    stats : dict
+        The settings, ``cls_self`` (the rollout's CLS self-weight: the share of the CLS row
+        that stays off the patches) and, with masks, ``cls_lesion_share``,
+        ``cls_ruler_share``, ``rollout_lesion_share``, ``rollout_ruler_share``.
+
+    Raises
+    ------
+    ValueError
+        If ``attn`` is not the attention of one image.
     """
-    from .. import attention  # lazy: viz stays method-free, and this module imports alone
-
     if not isinstance(attn, torch.Tensor) or attn.dim() != 5 or attn.shape[0] != 1:
         raise ValueError("attn must be (1, L, heads, T, T): attention_maps of one image")
     if isinstance(image_size, int):
@@ -69,9 +87,24 @@ def _head_label(head) -> str:
 def attention_figure(x, result, masks=None, title: str | None = None, size: float = 3.0):
     """Input | CLS attention (one layer) | rollout over the input, as a new Figure (pure).
 
-    ``x``: the (1, 3, H, W) ImageNet-normalised input; ``result``: :func:`attention_view`'s
-    ``(cls_map, rollout_map, stats)``; ``masks``: optional ``(lesion_mask, ruler_mask)``
-    drawn as contours. Both maps are unsigned, scaled each on its own.
+    Both maps are unsigned, each scaled on its own.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        The (1, 3, H, W) ImageNet-normalised input.
+    result : tuple
+        :func:`attention_view`'s ``(cls_map, rollout_map, stats)``.
+    masks : (torch.Tensor or None, torch.Tensor or None), optional
+        ``(lesion_mask, ruler_mask)``, each (H, W) bool or None.
+        Drawn as contours.
+    title : str, optional
+    size : float, default 3.0
+        Inches per panel.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
     """
     cls_map, roll, stats = result
     lesion, ruler = masks if masks is not None else (None, None)
@@ -101,13 +134,25 @@ def attention_figure(x, result, masks=None, title: str | None = None, size: floa
 def attention_explorer(model, x, masks=None, discard_values=(0.0, 0.5, 0.8, 0.9, 0.95)):
     """Sliders for layer, head, rollout head fusion and discard ratio, over one image.
 
-    The attention of all blocks is computed once; every setting is then a cheap read of
-    it. ``x``: (1, 3, H, W) ImageNet-normalised; ``masks``: optional ``(lesion_mask,
-    ruler_mask)``. Returns the :func:`explorer` VBox. In the printed book use
-    :func:`attention_grid`.
-    """
-    from .. import attention
+    The attention of all blocks is computed once; every setting is then a cheap read of it.
+    In the printed book use :func:`attention_grid`.
 
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A timm Vision Transformer.
+    x : torch.Tensor
+        One ImageNet-normalised image, (1, 3, H, W) or (3, H, W).
+    masks : (torch.Tensor or None, torch.Tensor or None), optional
+        ``(lesion_mask, ruler_mask)``, each (H, W) bool or None.
+    discard_values : sequence of float
+        The discard ratio slider's values.
+
+    Returns
+    -------
+    ipywidgets.VBox
+        The :func:`explorer`.
+    """
     x = _one_image(x)
     attn = attention.attention_maps(model, x)
     n_layers, n_heads = attn.shape[1], attn.shape[2]
@@ -126,11 +171,29 @@ def attention_explorer(model, x, masks=None, discard_values=(0.0, 0.5, 0.8, 0.9,
 
 def attention_grid(model, x, layers=None, settings=(("mean", 0.0), ("max", 0.9), ("min", 0.0)), masks=None,
                    size: float = 2.0):
-    """The static twin of :func:`attention_explorer`: top row, the heads-mean CLS
-    attention at ``layers`` (default: every block); bottom row, rollout for each
-    ``(head_fusion, discard_ratio)`` in ``settings``. Returns the Figure."""
-    from .. import attention
+    """The static twin of :func:`attention_explorer`.
 
+    Top row: the heads-mean CLS attention at ``layers``; bottom row: rollout for each
+    ``(head_fusion, discard_ratio)`` in ``settings``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A timm Vision Transformer.
+    x : torch.Tensor
+        One ImageNet-normalised image, (1, 3, H, W) or (3, H, W).
+    layers : sequence of int, optional
+        Default: every block.
+    settings : sequence of (str, float)
+    masks : (torch.Tensor or None, torch.Tensor or None), optional
+        ``(lesion_mask, ruler_mask)``, each (H, W) bool or None.
+    size : float, default 2.0
+        Inches per panel.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     x = _one_image(x)
     attn = attention.attention_maps(model, x)
     prefix = int(getattr(model, "num_prefix_tokens", 1))

@@ -3,18 +3,33 @@ from __future__ import annotations
 
 import textwrap
 
+import ipywidgets as widgets
 import matplotlib.pyplot as plt
 
 from .. import viz
+from ..deconvnet import top_activations
 from ._core import explorer
 
 
 # --------------------------------------------------------------------------- Deconvnet features
 def projection_view(model, images, layer, channel: int, k: int = 9):
-    """The ``k`` strongest image patches of one feature with their Zeiler-Fergus
-    projections: :func:`chapter6_utils.deconvnet.top_activations` (a ``TopActivations``)."""
-    from ..deconvnet import top_activations  # lazy, as for smoothgrad
+    """The ``k`` strongest image patches of one feature with their Zeiler-Fergus projections.
 
+    Parameters
+    ----------
+    model : torch.nn.Module
+    images : torch.Tensor
+        Normalised images to search, (N, 3, H, W).
+    layer : str
+        The module's name in ``model.named_modules()``.
+    channel : int
+    k : int, default 9
+
+    Returns
+    -------
+    TopActivations
+        :func:`chapter6_utils.deconvnet.top_activations` (Zeiler & Fergus, 2014).
+    """
     return top_activations(model, images, layer, int(channel), k=int(k))
 
 
@@ -24,9 +39,23 @@ PROJECTION_STYLES = ("rgb", "signed")
 
 
 def projection_rgb(projection, percentile: float = viz.PERCENTILE):
-    """One (C, h, w) projection as an (h, w, 3) colour image with its own contrast: 0 is
-    mid-grey and +-(the ``percentile``-th percentile of |value|) the ends of each
-    channel's range, so the pattern's colours and edges show whatever its strength."""
+    """One projection as a colour image with its own contrast.
+
+    0 is mid-grey and plus or minus the ``percentile``-th percentile of ``|value|`` the ends
+    of each channel's range, so that the pattern's colours and edges show whatever its
+    strength.
+
+    Parameters
+    ----------
+    projection : torch.Tensor
+        (C, h, w).
+    percentile : float, default 99.5
+
+    Returns
+    -------
+    numpy.ndarray
+        (h, w, 3) in [0, 1].
+    """
     p = projection.detach().cpu().float()
     if p.dim() == 3 and p.shape[0] == 1:
         p = p.expand(3, -1, -1)
@@ -98,21 +127,54 @@ def _patch_figure(tops, title, percentile, size, style="rgb"):
 
 def projection_figure(top, title: str | None = None, percentile: float = viz.PERCENTILE, size: float = 1.0,
                       style: str = "rgb"):
-    """One feature's top patches over their projections, as a new Figure (pure);
-    ``style``: ``"rgb"`` or ``"signed"`` (see ``PROJECTION_STYLES``)."""
+    """One feature's top patches over their projections, as a new Figure (pure).
+
+    Parameters
+    ----------
+    top : TopActivations
+        From :func:`projection_view`.
+    title : str, optional
+    percentile : float, default 99.5
+        Each panel is clipped at this percentile of ``|value|`` (:func:`chapter6_utils.viz.heatmap`).
+    size : float, default 1.0
+        Inches per panel.
+    style : {"rgb", "signed"}, default "rgb"
+        See ``PROJECTION_STYLES``.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    ValueError
+        For another ``style``.
+    """
     return _patch_figure([top], title or f"Feature {top.channel} of {top.layer}: top {len(top.patch)} patches "
                          "and their projections", percentile, size, style)
 
 
 def projection_explorer(model, images, layers, max_channel: int | None = None, k: int = 9):
-    """A layer menu and a channel slider over :func:`projection_view` /
-    :func:`projection_figure`; in the printed book use :func:`projection_grid`.
+    """A layer menu and a channel slider over :func:`projection_view` and :func:`projection_figure`.
 
-    ``layers``: module names (e.g. ``["features.3", "features.8"]``); the channel slider
-    runs to ``max_channel`` (default: the widest of those layers minus one); a channel a
-    layer does not have prints the error in place of the figure."""
-    import ipywidgets as widgets
+    A channel a layer does not have prints the error in place of the figure. In the printed
+    book use :func:`projection_grid`.
 
+    Parameters
+    ----------
+    model : torch.nn.Module
+    images : torch.Tensor
+        Normalised images to search, (N, 3, H, W).
+    layers : sequence of str
+        Module names, e.g. ``["features.3", "features.8"]``.
+    max_channel : int, optional
+        The channel slider's end (default: the widest of those layers minus one).
+    k : int, default 9
+
+    Returns
+    -------
+    ipywidgets.VBox
+    """
     layers = list(layers)
     if max_channel is None:
         named = dict(model.named_modules())
@@ -134,9 +196,28 @@ def projection_explorer(model, images, layers, max_channel: int | None = None, k
 
 def projection_grid(model, images, features, k: int = 9, percentile: float = viz.PERCENTILE, size: float = 0.9,
                     style: str = "rgb"):
-    """The static twin of :func:`projection_explorer`: for each ``(layer, channel)`` of
-    ``features``, a row of its top-``k`` patches over a row of their projections
-    (``style``: ``"rgb"`` or ``"signed"``, see ``PROJECTION_STYLES``)."""
+    """The static twin of :func:`projection_explorer`.
+
+    For each ``(layer, channel)`` of ``features``: a row of its top-``k`` patches over a
+    row of their projections.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    images : torch.Tensor
+        Normalised images to search, (N, 3, H, W).
+    features : sequence of (str, int)
+    k : int, default 9
+    percentile : float, default 99.5
+        Each panel is clipped at this percentile of ``|value|`` (:func:`chapter6_utils.viz.heatmap`).
+    size : float, default 0.9
+        Inches per panel.
+    style : {"rgb", "signed"}, default "rgb"
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     tops = [projection_view(model, images, layer, channel, k) for layer, channel in features]
     return _patch_figure(tops, f"Deconvnet features: top {k} patches (rows 1, 3, ...) and their projections",
                          percentile, size, style)

@@ -6,7 +6,7 @@ import textwrap
 import matplotlib.pyplot as plt
 import torch
 
-from .. import viz
+from .. import lrp, viz
 from ._core import _class_name, _grid_figure, _one_image, explorer
 
 
@@ -16,13 +16,29 @@ LRP_FIRST_RULES = ("zB", "gamma", "epsilon", "zero")
 
 
 def lrp_schedule(first: str = "zB", gamma: float = 0.25, epsilon: float = 0.25, lower_share: float = 0.5):
-    """The composite the LRP explorer builds: ``first`` ("zB", "gamma", "epsilon" or
-    "zero") on the first layer, LRP-gamma on the lower ``lower_share`` of the other
+    """The composite the LRP explorer builds (equation 9 (book/equations.md)).
+
+    ``first`` on the first layer, LRP-gamma on the lower ``lower_share`` of the other
     convolutions, LRP-epsilon on the upper ones, and the chapter's dense head (epsilon
     1e-6); ``gamma = 0`` and ``epsilon = 0`` are LRP-0. ``("zB", 0.25, 0.25)`` is
-    ``lrp.chapter()``."""
-    from .. import lrp  # lazy, like the other method modules
+    ``lrp.chapter()``.
 
+    Parameters
+    ----------
+    first : {"zB", "gamma", "epsilon", "zero"}, default "zB"
+    gamma : float, default 0.25
+    epsilon : float, default 0.25
+    lower_share : float, default 0.5
+
+    Returns
+    -------
+    chapter6_utils.lrp.Composite
+
+    Raises
+    ------
+    ValueError
+        For another ``first``.
+    """
     rules = {"zB": lrp.ZBox(), "gamma": lrp.Gamma(gamma), "epsilon": lrp.Epsilon(epsilon), "zero": lrp.Zero()}
     if first not in rules:
         raise ValueError(f"first must be one of {LRP_FIRST_RULES}, got {first!r}")
@@ -34,13 +50,27 @@ def lrp_schedule(first: str = "zB", gamma: float = 0.25, epsilon: float = 0.25, 
 def lrp_view(model, x, target: int, first: str = "zB", gamma: float = 0.25, epsilon: float = 0.25, masks=None):
     """One LRP map for a rule schedule (:func:`lrp_schedule`) and numbers that describe it.
 
-    Returns ``(m, stats)``: ``m`` the (H, W) float32 CPU map (relevance summed over
-    channels, signed); ``stats``: ``score`` (S_c), ``total`` (sum of the map: equals the
-    score up to what biases and stabilisers absorbed), ``positive_share`` (share of the
-    absolute relevance that is positive) and, with ``masks = (lesion, ruler)``, the
-    share of the positive relevance on each (``lesion_share``, ``ruler_share``)."""
-    from .. import lrp
+    Parameters
+    ----------
+    model : torch.nn.Module
+    x : torch.Tensor
+        One ImageNet-normalised image, (1, 3, H, W) or (3, H, W).
+    target : int
+    first, gamma, epsilon
+        As in :func:`lrp_schedule`.
+    masks : (torch.Tensor or None, torch.Tensor or None), optional
+        ``(lesion_mask, ruler_mask)``, each (H, W) bool or None.
 
+    Returns
+    -------
+    m : torch.Tensor
+        (H, W) float32 CPU map, relevance summed over channels, signed.
+    stats : dict
+        ``score`` (S_c), ``total`` (the map's sum: the score up to what biases and
+        stabilisers absorbed, equation 4 (book/equations.md)), ``positive_share`` (share of
+        the absolute relevance that is positive) and, with masks, the share of the positive
+        relevance on each (``lesion_share``, ``ruler_share``).
+    """
     x = _one_image(x)
     rel = lrp.lrp(model, x, int(target), composite=lrp_schedule(first, float(gamma), float(epsilon)))
     m = viz.to_map(rel[0]).float().cpu()
@@ -58,7 +88,26 @@ def lrp_view(model, x, target: int, first: str = "zB", gamma: float = 0.25, epsi
 
 def lrp_figure(x, m, stats: dict | None = None, masks=None, title: str | None = None,
                percentile: float = viz.PERCENTILE, size: float = 3.0):
-    """Input | signed LRP map | overlay, as a new Figure (pure: nothing is shown)."""
+    """Input | signed LRP map | overlay, as a new Figure (pure: nothing is shown).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        The (1, 3, H, W) ImageNet-normalised input.
+    m : torch.Tensor
+        The (H, W) map of :func:`lrp_view`.
+    stats : dict, optional
+    masks : (torch.Tensor or None, torch.Tensor or None), optional
+        ``(lesion_mask, ruler_mask)``, each (H, W) bool or None.
+    title : str, optional
+    percentile : float, default 99.5
+        Each panel is clipped at this percentile of ``|value|`` (:func:`chapter6_utils.viz.heatmap`).
+    size : float, default 3.0
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     lesion, ruler = masks if masks is not None else (None, None)
     fig, axes = plt.subplots(1, 3, figsize=(3 * size * 1.15, size + 0.9), layout="constrained")
     axes[0].imshow(viz.display_image(x), interpolation="nearest")
@@ -80,8 +129,26 @@ def lrp_figure(x, m, stats: dict | None = None, masks=None, title: str | None = 
 
 def lrp_explorer(model, x, target: int, first_rules=LRP_FIRST_RULES, gamma_values=(0.0, 0.1, 0.25, 0.5, 1.0),
                  epsilon_values=(0.0, 0.01, 0.1, 0.25, 1.0), masks=None):
-    """Sliders that compose the LRP rule schedule (first-layer rule, gamma, epsilon) over
-    one image; starts at the chapter's composite. In the printed book use :func:`lrp_grid`."""
+    """Sliders that compose the LRP rule schedule over one image.
+
+    First-layer rule, gamma and epsilon; starts at the chapter's composite. In the printed
+    book use :func:`lrp_grid`.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    x : torch.Tensor
+        One ImageNet-normalised image, (1, 3, H, W) or (3, H, W).
+    target : int
+    first_rules, gamma_values, epsilon_values : sequence
+        The sliders' values.
+    masks : (torch.Tensor or None, torch.Tensor or None), optional
+        ``(lesion_mask, ruler_mask)``, each (H, W) bool or None.
+
+    Returns
+    -------
+    ipywidgets.VBox
+    """
     x = _one_image(x)
     name = _class_name(model, int(target))
 
@@ -106,9 +173,29 @@ def _first(values, preferred):
 
 def lrp_grid(model, x, target: int, gamma_values=(0.0, 0.25, 1.0), epsilon_values=(0.0, 0.25, 1.0),
              first: str = "zB", masks=None, percentile: float = viz.PERCENTILE, size: float = 2.0):
-    """The static twin of :func:`lrp_explorer`: signed LRP maps over gamma (rows) x
-    epsilon (columns) with ``first`` on the first layer; each panel scaled on its own,
-    with a colorbar and its input-relevance sum in the title. Returns the Figure."""
+    """The static twin of :func:`lrp_explorer`: signed LRP maps over gamma x epsilon.
+
+    Rows are ``gamma_values``, columns ``epsilon_values``, ``first`` on the first layer;
+    each panel scaled on its own, with a colorbar and its input-relevance sum in the title.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    x : torch.Tensor
+        One ImageNet-normalised image, (1, 3, H, W) or (3, H, W).
+    target : int
+    gamma_values, epsilon_values : sequence of float
+    first : str, default "zB"
+    masks : (torch.Tensor or None, torch.Tensor or None), optional
+        ``(lesion_mask, ruler_mask)``, each (H, W) bool or None.
+    percentile : float, default 99.5
+        Each panel is clipped at this percentile of ``|value|`` (:func:`chapter6_utils.viz.heatmap`).
+    size : float, default 2.0
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     x = _one_image(x)
     lesion, ruler = masks if masks is not None else (None, None)
     rows, cols = len(gamma_values), len(epsilon_values)

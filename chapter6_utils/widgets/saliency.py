@@ -4,35 +4,50 @@ from __future__ import annotations
 import math
 import textwrap
 
+import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 from .. import viz
+from ..saliency import smoothgrad
 from ._core import _class_name, _grid_figure, _input_panel, _one_image, _pick, explorer
 
 
 # --------------------------------------------------------------------------- SmoothGrad
 def smoothgrad_view(model, x, target: int, n_samples: int, sigma: float, seed: int = 0, masks=None):
-    """One SmoothGrad map and a few numbers that describe it.
+    """One SmoothGrad map (equation 2 (book/equations.md); Smilkov et al., 2017) and a few
+    numbers that describe it.
 
-    Args:
-        model: a classifier taking ImageNet-normalised input.
-        x: (1, 3, H, W) (or (3, H, W)) ImageNet-normalised tensor.
-        target: the class whose score is explained.
-        n_samples, sigma, seed: passed to :func:`chapter6_utils.saliency.smoothgrad`
-            (sigma as that function defines it; the same seed gives the same map).
-        masks: optional ``(lesion_mask, ruler_mask)``, each (H, W) bool or None, to report
-            the share of the map's mass inside each.
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A classifier taking ImageNet-normalised input.
+    x : torch.Tensor
+        One ImageNet-normalised image, (1, 3, H, W) or (3, H, W).
+    target : int
+        The class whose score is explained.
+    n_samples, sigma, seed
+        Passed to :func:`chapter6_utils.saliency.smoothgrad` (``sigma`` as that function
+        defines it; the same seed gives the same map).
+    masks : (torch.Tensor or None, torch.Tensor or None), optional
+        ``(lesion_mask, ruler_mask)``, each (H, W) bool or None.
+        The share of the map's mass inside each is reported.
 
-    Returns:
-        ``(m, stats)``: ``m`` the (H, W) float32 CPU map; ``stats`` a dict with
-        ``n_samples``, ``sigma``, ``seed``, ``mass`` (sum of the map), ``max``,
-        ``top5_share`` (share of the mass in the top 5% of pixels: lower = more spread
-        out) and, with masks, ``lesion_share`` / ``ruler_share``.
+    Returns
+    -------
+    m : torch.Tensor
+        (H, W) float32 on the CPU.
+    stats : dict
+        ``n_samples``, ``sigma``, ``seed``, ``mass`` (the map's sum), ``max``,
+        ``top5_share`` (share of the mass in the top 5% of pixels: lower = more spread out)
+        and, with masks, ``lesion_share`` / ``ruler_share``.
+
+    Raises
+    ------
+    ValueError
+        If ``x`` is not one image.
     """
-    from ..saliency import smoothgrad  # lazy: written in parallel, and viz stays method-free
-
     x = _one_image(x)
     maps = smoothgrad(model, x, int(target), n_samples=int(n_samples), sigma=float(sigma), seed=int(seed))
     m = viz.to_map(maps[0] if maps.dim() == 3 else maps)
@@ -45,7 +60,7 @@ def smoothgrad_view(model, x, target: int, n_samples: int, sigma: float, seed: i
     if masks is not None:
         for key, mask in zip(("lesion_share", "ruler_share"), masks):
             if mask is not None:
-                mk = torch.as_tensor(np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask), dtype=torch.bool)
+                mk = torch.as_tensor(np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask), dtype=torch.bool)  # noqa: E501
                 stats[key] = float(flat[mk.flatten()].sum() / mass) if mass > 0 else float("nan")
     return m, stats
 
@@ -63,12 +78,27 @@ def smoothgrad_figure(x, m, stats: dict | None = None, masks=None, title: str | 
                       percentile: float = viz.PERCENTILE, size: float = 3.0):
     """Input | SmoothGrad map | overlay, as a new Figure (pure: nothing is shown).
 
-    Args:
-        x: the (1, 3, H, W) ImageNet-normalised input (or an (H, W, 3) array in [0, 1]).
-        m: the (H, W) map (e.g. from :func:`smoothgrad_view`).
-        stats: the view's stats dict; summarised under the figure.
-        masks: optional ``(lesion_mask, ruler_mask)`` drawn as cyan / yellow contours.
-        title: the figure title (default "SmoothGrad").
+    Parameters
+    ----------
+    x : torch.Tensor or numpy.ndarray
+        The (1, 3, H, W) ImageNet-normalised input, or an (H, W, 3) array in [0, 1].
+    m : torch.Tensor
+        The (H, W) map (e.g. from :func:`smoothgrad_view`).
+    stats : dict, optional
+        The view's stats, summarised under the figure.
+    masks : (torch.Tensor or None, torch.Tensor or None), optional
+        ``(lesion_mask, ruler_mask)``, each (H, W) bool or None.
+        Drawn as cyan and yellow contours.
+    title : str, optional
+        The figure title (default "SmoothGrad").
+    percentile : float, default 99.5
+        Each panel is clipped at this percentile of ``|value|`` (:func:`chapter6_utils.viz.heatmap`).
+    size : float, default 3.0
+        Inches per panel.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
     """
     lesion, ruler = masks if masks is not None else (None, None)
     signed = viz.is_signed(m)
@@ -82,7 +112,8 @@ def smoothgrad_figure(x, m, stats: dict | None = None, masks=None, title: str | 
                 label=viz.scaling_note(signed, percentile, short=True))
     viz.draw_masks(axes[2], lesion, ruler, outline=True)
     fig.suptitle(title or "SmoothGrad", fontsize=10)
-    text = f"SmoothGrad map ({viz.scaling_note(signed, percentile)}; {viz.SEQUENTIAL_CMAP if not signed else viz.DIVERGING_CMAP})."
+    cmap = viz.DIVERGING_CMAP if signed else viz.SEQUENTIAL_CMAP
+    text = f"SmoothGrad map ({viz.scaling_note(signed, percentile)}; {cmap})."
     if stats:
         text += " " + _stats_line(stats) + "."
     if lesion is not None or ruler is not None:
@@ -96,13 +127,27 @@ def smoothgrad_explorer(model, x, target: int, n_values=(1, 5, 10, 25, 50),
                         sigma_values=(0.0, 0.05, 0.1, 0.15, 0.2, 0.3), masks=None, seed: int = 0):
     """Sliders for SmoothGrad's number of samples and noise level, over one image.
 
-    ``x``: (1, 3, H, W) ImageNet-normalised; ``masks``: optional ``(lesion_mask,
-    ruler_mask)``. Starts at n=25, sigma=0.15 (the chapter's setting) when offered. Returns
-    the :func:`explorer` VBox; ``.cache`` holds the ``(m, stats)`` of every setting seen,
-    keyed by ``(n_samples, sigma)``. In the printed book use :func:`smoothgrad_grid`.
-    """
-    import ipywidgets as widgets
+    Starts at n = 25, sigma = 0.15 (the chapter's setting) when offered. In the printed
+    book use :func:`smoothgrad_grid`.
 
+    Parameters
+    ----------
+    model : torch.nn.Module
+    x : torch.Tensor
+        One ImageNet-normalised image, (1, 3, H, W) or (3, H, W).
+    target : int
+    n_values, sigma_values : sequence
+        The sliders' values.
+    masks : (torch.Tensor or None, torch.Tensor or None), optional
+        ``(lesion_mask, ruler_mask)``, each (H, W) bool or None.
+    seed : int, default 0
+
+    Returns
+    -------
+    ipywidgets.VBox
+        The :func:`explorer`; ``.cache`` holds the ``(m, stats)`` of every setting seen,
+        keyed by ``(n_samples, sigma)``.
+    """
     x = _one_image(x)
     n_values, sigma_values = [int(v) for v in n_values], [float(v) for v in sigma_values]
     name = _class_name(model, int(target))
@@ -127,9 +172,28 @@ def smoothgrad_grid(model, x, target: int, n_values=(1, 5, 25), sigma_values=(0.
                     seed: int = 0, masks=None, percentile: float = viz.PERCENTILE, size: float = 2.0):
     """The static twin of :func:`smoothgrad_explorer`: SmoothGrad maps over n x sigma.
 
-    Rows are ``n_values``, columns ``sigma_values``; the input (with ``masks`` contours)
-    stands in a first column spanning all rows. Every panel is scaled on its own and has
-    a colorbar; the caption says the method, sign and scaling. Returns the Figure.
+    Rows are ``n_values``, columns ``sigma_values``; the input (with the masks' contours)
+    stands in a first column spanning all rows. Every panel is scaled on its own and has a
+    colorbar; the caption says the method, sign and scaling.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    x : torch.Tensor
+        One ImageNet-normalised image, (1, 3, H, W) or (3, H, W).
+    target : int
+    n_values, sigma_values : sequence
+    seed : int, default 0
+    masks : (torch.Tensor or None, torch.Tensor or None), optional
+        ``(lesion_mask, ruler_mask)``, each (H, W) bool or None.
+    percentile : float, default 99.5
+        Each panel is clipped at this percentile of ``|value|`` (:func:`chapter6_utils.viz.heatmap`).
+    size : float, default 2.0
+        Inches per panel.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
     """
     x = _one_image(x)
     n_values, sigma_values = [int(v) for v in n_values], [float(v) for v in sigma_values]
