@@ -46,7 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import _checks as checks
-from ._guard import attribution_method, check_input, check_target, class_scores, model_guard
+from ._guard import attribution_method, check_target, class_scores, guarded
 
 __all__ = ["attention_maps", "cls_attention", "rollout", "upsample_to_image", "rollout_map",
            "attention_modules", "token_layout", "HEAD_FUSIONS", "READOUTS"]
@@ -72,6 +72,7 @@ def attention_modules(model: nn.Module) -> list:
     return mods
 
 
+@guarded(x="x", grad=False)
 def attention_maps(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The softmax attention of every block, equation 12 (book/equations.md): ``A_h = softmax(Q_h K_h^T / sqrt(d_k))``.
 
@@ -91,18 +92,15 @@ def attention_maps(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         token (index 0) and the patches; every row sums to 1.
     """
     mods = attention_modules(model)
-    check_input(model, x)
     captured: list = []
 
     def grab(module, inputs, output):
         captured.append(output.detach())
 
-    with model_guard(model):
-        for m in mods:
-            m.fused_attn = False  # the explicit path: softmax, then attn_drop (identity in eval)
-            m.attn_drop.register_forward_hook(grab)
-        with torch.no_grad():
-            model(x)
+    for m in mods:
+        m.fused_attn = False  # the explicit path: softmax, then attn_drop (identity in eval)
+        m.attn_drop.register_forward_hook(grab)
+    model(x)
     if len(captured) != len(mods):
         raise RuntimeError(f"captured {len(captured)} attention matrices from {len(mods)} attention modules; "
                            "this timm version computes attention differently (check Attention.forward)")
@@ -409,8 +407,9 @@ def attention_gradients(model: nn.Module, x: torch.Tensor, target) -> tuple[torc
     for m in mods:
         m.fused_attn = False  # the explicit path, whose softmax output attn_drop receives
         m.attn_drop.register_forward_hook(grab)
-    x0 = x.detach().clone().requires_grad_(True)  # so that the attention carries a graph
-    scores = class_scores(model(x0), target, int(target.max()))
+    x0 = x.detach().requires_grad_(True)  # so that the attention carries a graph
+    # a non-leaf copy: a model whose first op is in place stays differentiable
+    scores = class_scores(model(x0.clone()), target, int(target.max()))
     if len(captured) != len(mods):
         raise RuntimeError(f"captured {len(captured)} attention matrices from {len(mods)} attention modules; "
                            "this timm version computes attention differently (check Attention.forward)")

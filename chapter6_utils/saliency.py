@@ -45,10 +45,11 @@ _MASK64 = (1 << 64) - 1
 
 
 def _input_gradient(model, x, target, target_max):
-    # A copy, so that a model that writes into its input cannot touch the caller's tensor.
-    x = x.detach().clone().requires_grad_(True)
+    x = x.detach().requires_grad_(True)
+    # The model gets a copy that is not a leaf: a first op in place (nn.ReLU(inplace=True))
+    # is then allowed by autograd and still differentiated back to x.
     # target_max: the range check needs no device sync between forward and backward.
-    scores = class_scores(model(x), target, target_max)
+    scores = class_scores(model(x.clone()), target, target_max)
     (grad,) = torch.autograd.grad(scores.sum(), x)
     return grad
 

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import _checks as checks
-from .._guard import check_input, model_guard
+from .._guard import guarded
 
 __all__ = ["project", "top_activations", "TopActivations", "receptive_field"]
 
@@ -179,6 +179,7 @@ def _check_channel(a, channel, name):
     checks.integer(channel, "channel", low=0, high=a.shape[1] - 1, hint=f"layer '{name}' has {a.shape[1]} channels")
 
 
+@guarded(x="x", grad=False)
 def project(model, x, layer, channel: int, top_k: int = 1):
     """Zeiler & Fergus's projection of a feature to the pixels, (N, C, H, W) like ``x``.
 
@@ -209,18 +210,14 @@ def project(model, x, layer, channel: int, top_k: int = 1):
         ``padding_mode``), dilation and group count of the convolutions and every kernel,
         stride, padding, dilation and ``ceil_mode`` of the max-pooling, at any input size.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     top_k = checks.integer(top_k, "top_k", low=1, hint="activations kept per image")
-    check_input(model, x)
-    with torch.inference_mode(False), torch.no_grad(), model_guard(model):
-        x = x.detach().clone() if x.is_inference() else x.detach()
-        a, steps = _forward_to(model, x, layer)
-        _check_channel(a, channel, steps[-1].name if steps else str(layer))
-        kept, _, _ = _keep_top(a, channel, top_k)
-        return _invert(steps, kept)
+    a, steps = _forward_to(model, x, layer)
+    _check_channel(a, channel, steps[-1].name if steps else str(layer))
+    kept, _, _ = _keep_top(a, channel, top_k)
+    return _invert(steps, kept)
 
 
+@guarded(x="x", grad=False)
 def receptive_field(model, x, layer, row: int, col: int):
     """The input box ``(top, left, bottom, right)`` (bottom/right exclusive) that unit
     ``(row, col)`` of ``layer``'s output sees: the smallest box holding every pixel that
@@ -231,11 +228,7 @@ def receptive_field(model, x, layer, row: int, col: int):
     no pixel (zero padding; max-pooling pads with -inf) unless the convolution's
     ``padding_mode`` copies one (reflect, replicate, circular); with dilation the taps
     that fall on padding are left out, so the box is tight at the image border too."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    check_input(model, x)
-    with torch.inference_mode(False), torch.no_grad(), model_guard(model):
-        a, steps = _forward_to(model, x[:1].detach(), layer)
+    a, steps = _forward_to(model, x[:1], layer)
     if not isinstance(a, torch.Tensor) or a.dim() != 4:
         raise ValueError(f"layer '{steps[-1].name if steps else layer}' outputs {_shape(a)}; receptive_field "
                          "needs a (N, C, H, W) feature map")
@@ -311,6 +304,7 @@ class TopActivations:
     projection_patch: list
 
 
+@guarded(x="images", grad=False)
 def top_activations(model, images, layer, channel: int, k: int = 9, batch_size: int = 256) -> TopActivations:
     """The ``k`` images whose strongest activation of ``channel`` in ``layer`` is highest,
     with the receptive-field patch around that activation and its projection to the
@@ -323,27 +317,24 @@ def top_activations(model, images, layer, channel: int, k: int = 9, batch_size: 
         k: how many (at most N).
         batch_size: images per forward pass when searching.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    check_input(model, images)
     k = min(checks.integer(k, "k", low=1, hint="how many images to show"), images.shape[0])
     batch_size = checks.integer(batch_size, "batch_size", low=1, hint="images per forward pass")
     best_v, best_p = [], []
-    with torch.inference_mode(False), torch.no_grad(), model_guard(model):
-        for start in range(0, images.shape[0], batch_size):
-            a, steps = _forward_to(model, images[start:start + batch_size].detach(), layer)
-            _check_channel(a, channel, steps[-1].name)
-            v, p = a[:, channel].flatten(1).max(dim=1)
-            best_v.append(v)
-            best_p.append(p)
-        name = _resolve_layer(model, layer)[0]
-        v, p = torch.cat(best_v), torch.cat(best_p)
-        value, index = v.topk(k)
-        width = a.shape[-1]
-        position = torch.stack([p[index] // width, p[index] % width], dim=1)
-        a, steps = _forward_to(model, images[index].detach(), layer)
-        kept, _, _ = _keep_top(a, channel, 1)
-        proj = _invert(steps, kept)
+    for start in range(0, images.shape[0], batch_size):
+        # a copy per batch too: an in-place first op must not write into the clone we crop patches from
+        a, steps = _forward_to(model, images[start:start + batch_size].clone(), layer)
+        _check_channel(a, channel, steps[-1].name)
+        v, p = a[:, channel].flatten(1).max(dim=1)
+        best_v.append(v)
+        best_p.append(p)
+    name = _resolve_layer(model, layer)[0]
+    v, p = torch.cat(best_v), torch.cat(best_p)
+    value, index = v.topk(k)
+    width = a.shape[-1]
+    position = torch.stack([p[index] // width, p[index] % width], dim=1)
+    a, steps = _forward_to(model, images[index], layer)  # indexing copies
+    kept, _, _ = _keep_top(a, channel, 1)
+    proj = _invert(steps, kept)
     boxes = [_box(steps, int(r), int(c)) for r, c in position.tolist()]
     patch = [images[i, :, t:b, l:r].detach() for i, (t, l, b, r) in zip(index.tolist(), boxes)]
     proj_patch = [proj[j, :, t:b, l:r] for j, (t, l, b, r) in enumerate(boxes)]

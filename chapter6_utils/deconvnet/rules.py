@@ -140,9 +140,10 @@ def relu_rule(model: nn.Module, rule: str):
 
 
 def _rule_gradient(model, x, target, rule):
-    x = x.detach().clone().requires_grad_(True)
+    x = x.detach().requires_grad_(True)
     with relu_rule(model, rule):
-        scores = class_scores(model(x), target, int(target.max()))
+        # a non-leaf copy: a model whose first op is in place stays differentiable
+        scores = class_scores(model(x.clone()), target, int(target.max()))
     (grad,) = torch.autograd.grad(scores.sum(), x)
     return grad
 
