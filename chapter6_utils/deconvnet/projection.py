@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from .. import _checks as checks
 from .._guard import guarded
+from .._hooks import find_layer
 
 __all__ = ["project", "top_activations", "TopActivations", "receptive_field"]
 
@@ -19,20 +20,7 @@ _INVERTIBLE = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Identity, nn.Dropout)
 
 
 def _resolve_layer(model, layer):
-    named = dict(model.named_modules())
-    if isinstance(layer, str):
-        if layer not in named or layer == "":
-            convs = [n for n, m in named.items() if isinstance(m, (nn.Conv2d, nn.ReLU, nn.MaxPool2d))]
-            raise ValueError(f"layer {layer!r} is not a module of {type(model).__name__}; "
-                             f"its convolutional modules are: {', '.join(convs[:40])}")
-        return layer, named[layer]
-    if isinstance(layer, nn.Module):
-        for n, m in named.items():
-            if m is layer and n:
-                return n, m
-        raise ValueError(f"layer {type(layer).__name__} is not a submodule of {type(model).__name__}; "
-                         "pass one of its modules or its name (e.g. 'features.6')")
-    raise TypeError(f"layer must be a module name (e.g. 'features.6') or a submodule, got {type(layer).__name__}")
+    return find_layer(model, layer, kinds=(nn.Conv2d, nn.ReLU, nn.MaxPool2d))
 
 
 class _Stop(Exception):
