@@ -432,3 +432,24 @@ def test_targets_outside_the_classes_are_refused_by_value(target, method):
     msg = str(info.value)
     assert "out of range" in msg or "shape" in msg, msg  # never torch's int64 overflow
     assert "overflow" not in msg
+
+
+# --------------------------------------------------------------------------- SmoothGrad's noise (issue 20, item 7)
+def test_smoothgrad_noise_is_one_seeded_standard_normal_draw():
+    like = torch.zeros(1, 3, 64, 64)
+    eps = saliency._noise(7, 25, like.shape[1:], like)
+    assert eps.shape == (25, 3, 64, 64) and eps.dtype == like.dtype
+    assert abs(float(eps.mean())) < 0.01 and abs(float(eps.std()) - 1) < 0.01  # 307,200 values: sd 0.002
+    c = torch.corrcoef(eps.flatten(1))
+    assert float(c[~torch.eye(25, dtype=torch.bool)].abs().max()) < 0.05  # copies independent (sd 0.009)
+    assert torch.equal(eps, saliency._noise(7, 25, like.shape[1:], like))
+    assert not torch.equal(eps, saliency._noise(8, 25, like.shape[1:], like))
+
+
+def test_smoothgrad_is_deterministic_for_a_seed_whatever_the_batching():
+    model, x = small_cnn(), _x(n=3)
+    ref = saliency.smoothgrad(model, x, [0, 1, 2], n_samples=5, seed=11)
+    for bs in (1, 4, 15):
+        assert torch.allclose(saliency.smoothgrad(model, x, [0, 1, 2], n_samples=5, seed=11, batch_size=bs), ref,
+                              atol=1e-6)
+    assert not torch.allclose(saliency.smoothgrad(model, x, [0, 1, 2], n_samples=5, seed=12), ref)
