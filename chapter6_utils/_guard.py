@@ -19,6 +19,7 @@ import inspect
 import math
 import numbers
 import threading
+import contextlib
 from contextlib import contextmanager
 
 import torch
@@ -30,15 +31,16 @@ __all__ = ["check_input", "check_target", "class_scores", "model_guard", "guarde
 _SCALARS = {bool, int, float, str, type(None)}
 
 
-def _first_conv(model: nn.Module):
+def _first_conv(modules):
     # The first Conv2d registered is the input layer of every CNN here, and timm's
     # patch embedding (patch_embed.proj) is a Conv2d too.
-    return next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return next((m for m in modules if isinstance(m, nn.Conv2d)), None)
 
 
-def check_input(model: nn.Module, x) -> None:
+def check_input(model: nn.Module, x, *, _modules=None) -> None:
     """Raise ``TypeError``/``ValueError`` unless ``x`` is a finite float (N, C, H, W) tensor
-    that fits ``model`` (channels of its first convolution, its dtype and device)."""
+    that fits ``model`` (channels of its first convolution, its dtype and device; for a
+    model of :func:`chapter6_utils.models.load` that takes one size only, that size)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}")
     if x.dim() != 4:
@@ -49,11 +51,13 @@ def check_input(model: nn.Module, x) -> None:
     if not x.is_floating_point():
         raise TypeError(f"x has dtype {x.dtype}; expected floating point: convert with x.float() "
                         "(divide uint8 pixels by 255) and normalise with chapter6_utils.data.normalize")
-    conv = _first_conv(model)
+    modules = model.modules() if _modules is None else _modules
+    conv = _first_conv(modules)
     if conv is not None and conv.in_channels != x.shape[1]:
         raise ValueError(f"x has {x.shape[1]} channels but the model's first convolution expects "
                          f"{conv.in_channels}; x must be (N, {conv.in_channels}, H, W)")
-    p = next(model.parameters(), None)
+    p = next(model.parameters(), None) if _modules is None else \
+        next((p for m in _modules for p in m._parameters.values() if p is not None), None)
     if p is not None and p.device != x.device:
         raise ValueError(f"x is on {x.device} but the model is on {p.device}; move one with .to(device)")
     if p is not None and p.is_floating_point() and p.dtype != x.dtype:
@@ -67,7 +71,7 @@ def check_input(model: nn.Module, x) -> None:
         raise ValueError(f"x is {x.shape[-2]}x{x.shape[-1]} but {getattr(model.ch6, 'name', 'this model')} takes "
                          f"{size}x{size} images (model.ch6.input_size); resize the batch, e.g. with "
                          f"torch.nn.functional.interpolate(x, size=({size}, {size}), mode='bilinear')")
-    if not bool(torch.isfinite(x).all()):
+    if not _all_finite(x):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"x has {bad} non-finite values (NaN or inf); clean the input first")
 
@@ -80,9 +84,10 @@ def check_target(target, n: int, device=None, num_classes: int | None = None) ->
         raise TypeError("target must be integer class indices, got a bool")
     if isinstance(target, numbers.Integral):
         v = int(target)
-        if not 0 <= v < _INT64_END:  # before torch.full, which cannot hold 2**63 or more
+        # before torch.full, which cannot hold 2**63 or more
+        if v < 0 or v >= _INT64_END or (num_classes is not None and v >= num_classes):
             raise ValueError(_out_of_range(v, num_classes))
-        t = torch.full((n,), v, dtype=torch.long)
+        return torch.full((n,), v, dtype=torch.long, device=device)  # checked: no reduction needed
     else:
         huge = _outside_int64(target)
         if huge is not None:  # int64 cannot hold it: said as a range error, not an overflow
@@ -162,44 +167,55 @@ def _snapshot(modules, model: nn.Module):
     mods = []
     for m in modules:
         state = vars(m)
-        # The dict objects are kept, not only their contents: a user's RemovableHandle
-        # refers to the dict it was registered in.
-        dicts = [(k, d, dict(d) if d else None) for k in _DICTS if (d := state.get(k)) is not None]
-        # Plain flags: `training`, `inplace`, timm's `fused_attn`, `_is_full_backward_hook`...
-        flags = {k: v for k, v in state.items() if type(v) in _SCALARS}
+        # Every attribute as it is (one C-level copy): plain flags (`training`, `inplace`,
+        # timm's `fused_attn`...) and the registry dicts themselves, whose objects are kept,
+        # not only their contents: a user's RemovableHandle refers to the dict it was
+        # registered in. The contents are copied only of the dicts that hold something.
+        saved = state.copy()
+        contents = {k: d.copy() for k in _DICTS if (d := state.get(k))}
         # Buffers are copied: BatchNorm's kernel updates its running statistics in place
         # without bumping their _version (only num_batches_tracked's), so a change is seen
         # per module, and the module's buffers are written back together.
-        bufs = [(b, b._version, b.detach().clone()) for b in m._buffers.values() if b is not None]
-        # The attribute names in order: a cheap test of whether any was added in the block.
-        mods.append((m, dicts, flags, bufs, tuple(state)))
+        bufs = [(b, b._version, b.detach().clone()) for b in m._buffers.values() if b is not None] \
+            if m._buffers else ()
+        mods.append((m, saved, contents, bufs))
     # Per parameter: requires_grad, .grad, version counter, storage (and its address, so
     # that restoring compares two ints rather than making a .data alias per parameter).
-    params = {id(p): (p, p.requires_grad, p.grad, p._version, p.data, p.data_ptr()) for p in model.parameters()}
+    # (model.parameters() walks the tree again; the modules are at hand.)
+    params = {}
+    for m in modules:
+        for p in m._parameters.values():
+            if p is not None and id(p) not in params:
+                params[id(p)] = (p, p.requires_grad, p.grad, p._version, p.data, p.data_ptr())
     return mods, params
 
 
+_MISSING = object()
+
+
 def _restore(mods, params) -> None:
-    for m, dicts, flags, bufs, keys in mods:
+    for m, saved, contents, bufs in mods:
         state = vars(m)
-        for k, d, saved in dicts:
-            if state.get(k) is not d:
-                object.__setattr__(m, k, d)
-            if saved is None:
+        if state.keys() != saved.keys():  # plain flags added in the block go
+            for k in [k for k, v in state.items() if k not in saved and type(v) in _SCALARS]:
+                delattr(m, k)
+        for k, v in saved.items():
+            if state.get(k, _MISSING) is not v:
+                object.__setattr__(m, k, v)
+        for k in _DICTS:
+            d = saved.get(k)
+            if d is None:
+                continue
+            kept = contents.get(k)
+            if kept is None:
                 if d:
                     d.clear()
-            elif d.keys() != saved.keys() or any(d[i] is not v for i, v in saved.items()):
+            elif d.keys() != kept.keys() or any(d[i] is not v for i, v in kept.items()):
                 d.clear()
-                d.update(saved)  # in the saved order: hooks run in registration order
-        if tuple(state) != keys:
-            for k in [k for k, v in state.items() if type(v) in _SCALARS and k not in flags]:
-                delattr(m, k)
-        for k, v in flags.items():
-            if state.get(k, flags) is not v:
-                object.__setattr__(m, k, v)
-        if any(b._version != v for b, v, _ in bufs):
-            for b, _, saved in bufs:
-                b.data.copy_(saved)  # through .data: a caller's autograd graph stays valid
+                d.update(kept)  # in the saved order: hooks run in registration order
+        if bufs and any(b._version != v for b, v, _ in bufs):
+            for b, _, kept in bufs:
+                b.data.copy_(kept)  # through .data: a caller's autograd graph stays valid
     for p, requires_grad, grad, _, data, ptr in params.values():
         if p.data_ptr() != ptr or p.shape != data.shape:
             p.data = data
@@ -280,7 +296,7 @@ def unwrap_compiled(model):
 
 @contextmanager
 def model_guard(model: nn.Module, *, eval_mode: bool = True, freeze_params: bool = True,
-                restore_values: bool = False, _public: bool = False):
+                restore_values: bool = False, _public: bool = False, _modules=None):
     """Run a block on ``model`` and leave the model exactly as it found it.
 
     On entry: the model goes into eval mode (``eval_mode``), so that every method explains
@@ -315,7 +331,7 @@ def model_guard(model: nn.Module, *, eval_mode: bool = True, freeze_params: bool
     module it wraps (:func:`unwrap_compiled`).
     """
     model = unwrap_compiled(model)
-    modules = list(model.modules())
+    modules = list(model.modules()) if _modules is None else _modules
     _acquire(modules, _public)
     try:
         mods, params = _snapshot(modules, model)
@@ -366,10 +382,18 @@ def _tensors(out, depth: int = 0):
                 yield key + sub, t
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    # One reduction in the usual case: a finite sum means every value is finite; only an
+    # overflowing sum (or a non-finite value) needs the element-wise test.
+    return math.isfinite(float(t.sum())) or bool(torch.isfinite(t).all())
+
+
 def _is_finite(t) -> bool:
     if isinstance(t, float):
         return math.isfinite(t)
-    return not (t.is_floating_point() or t.is_complex()) or bool(torch.isfinite(t).all())
+    if t.is_complex():
+        return bool(torch.isfinite(t).all())
+    return not t.is_floating_point() or t.numel() == 0 or _all_finite(t)
 
 
 def non_finite_cause(model, arguments=()) -> str:
@@ -442,12 +466,15 @@ def guarded(fn=None, *, x: str | None = "x", target: str | None = None, grad: bo
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         model = unwrap_compiled(model)
         put(0, names[0], model)
+        modules = list(model.modules())  # walked once, for the checks and the guard
         inp = None
         if x is not None:
             inp = get(x_index, x)
-            check_input(model, inp)
-        with torch.inference_mode(False), \
-                (torch.enable_grad() if grad else torch.no_grad() if grad is False else _nothing()):
+            check_input(model, inp, _modules=modules)
+        # Only the switches that are not already where they must be: each costs time per call.
+        with (torch.inference_mode(False) if torch.is_inference_mode_enabled() else _NOTHING), \
+                (torch.enable_grad() if grad and not torch.is_grad_enabled() else
+                 torch.no_grad() if grad is False and torch.is_grad_enabled() else _NOTHING):
             if inp is not None:
                 # The one clone of the input: no method hands the caller's tensor to a model.
                 inp = inp.detach().clone()
@@ -457,10 +484,10 @@ def guarded(fn=None, *, x: str | None = "x", target: str | None = None, grad: bo
                 if t is not None or target == "required":
                     n = inp.shape[0] if inp is not None else 1
                     put(t_index, "target", check_target(t, n, device=inp.device if inp is not None else None))
-            with model_guard(model, _public=True, **guard_options):
+            with model_guard(model, _public=True, _modules=modules, **guard_options):
                 out = fn(*args, **kwargs) if ba is None else fn(*ba.args, **ba.kwargs)
             if check_finite:
-                for where, t in _tensors(out):
+                for where, t in ((("", out),) if type(out) is torch.Tensor else _tensors(out)):
                     if not _is_finite(t):
                         arguments = ba.arguments if ba is not None else \
                             {**dict(zip(names, args)), **kwargs}
@@ -472,9 +499,7 @@ def guarded(fn=None, *, x: str | None = "x", target: str | None = None, grad: bo
     return wrapper
 
 
-@contextmanager
-def _nothing():
-    yield
+_NOTHING = contextlib.nullcontext()
 
 
 def attribution_method(fn=None, **guard_options):
