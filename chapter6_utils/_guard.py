@@ -1,4 +1,5 @@
-"""Input checks and the guard every public method runs under (imports nothing of ours).
+"""Input checks and the guard every public method runs under (ground floor: imports only
+:mod:`._calls`, the per-model lock and the finite-result check).
 
 * :func:`check_input` / :func:`check_target` turn bad input into an error that names the
   problem and the fix, before anything is computed; :func:`class_scores` picks ``S_c`` out
@@ -13,17 +14,17 @@
 """
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import functools
 import inspect
-import math
 import numbers
-import threading
-import contextlib
 from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
+
+from ._calls import (ModelInUseError, NonFiniteResultError, acquire, all_finite, first_non_finite,
+                     non_finite_cause, release)
 
 __all__ = ["check_input", "check_target", "class_scores", "model_guard", "guarded", "attribution_method",
            "unwrap_compiled", "ModelInUseError", "NonFiniteResultError", "non_finite_cause"]
@@ -71,7 +72,7 @@ def check_input(model: nn.Module, x, *, _modules=None) -> None:
         raise ValueError(f"x is {x.shape[-2]}x{x.shape[-1]} but {getattr(model.ch6, 'name', 'this model')} takes "
                          f"{size}x{size} images (model.ch6.input_size); resize the batch, e.g. with "
                          f"torch.nn.functional.interpolate(x, size=({size}, {size}), mode='bilinear')")
-    if not _all_finite(x):
+    if not all_finite(x):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"x has {bad} non-finite values (NaN or inf); clean the input first")
 
@@ -225,62 +226,6 @@ def _restore(mods, params) -> None:
             p.grad = grad
 
 
-class ModelInUseError(RuntimeError):
-    """A method was called on a model (or one of its submodules) that another call is
-    running on: from another thread, or from inside that call (a hook, a callback)."""
-
-
-class NonFiniteResultError(FloatingPointError, ValueError):
-    """A method's result holds NaN or inf; the message names the likely cause."""
-
-
-# Which call holds which module: id(module) -> [thread ident, depth, depth of public calls].
-# A module is held from before the guard's snapshot until after its restore, so a second
-# call can never snapshot (and later "restore") a state the first one made.
-_HELD: dict = {}
-_HELD_LOCK = threading.Lock()
-
-
-def _acquire(modules, public: bool) -> None:
-    me = threading.get_ident()
-    with _HELD_LOCK:
-        for m in modules:
-            held = _HELD.get(id(m))
-            if held is None:
-                continue
-            what = f"{type(modules[0]).__name__}" + (f" (its submodule {type(m).__name__})" if m is not modules[0] else "")
-            if held[0] != me:
-                raise ModelInUseError(
-                    f"model {what} is in use by another attribution call in another thread; a method "
-                    "registers hooks and changes flags on the model while it runs, so two at once would "
-                    "corrupt it: use a copy per thread (copy.deepcopy(model)) or wait for the first call")
-            if public and held[2]:
-                raise ModelInUseError(
-                    f"model {what} is in use by an attribution call that is still running in this thread "
-                    "(this call comes from inside it: a hook, a callback or a widget during its forward or "
-                    "backward pass); its hooks would change this call's map: call the method after the "
-                    "first one returns, or on a copy (copy.deepcopy(model))")
-        for m in modules:
-            held = _HELD.get(id(m))
-            if held is None:
-                _HELD[id(m)] = [me, 1, int(public)]
-            else:
-                held[1] += 1
-                held[2] += int(public)
-
-
-def _release(modules, public: bool) -> None:
-    with _HELD_LOCK:
-        for m in modules:
-            held = _HELD.get(id(m))
-            if held is None:
-                continue
-            held[1] -= 1
-            held[2] -= int(public)
-            if held[1] <= 0:
-                del _HELD[id(m)]
-
-
 def unwrap_compiled(model):
     """The module a ``torch.compile``'d model wraps (``model._orig_mod``), else ``model``.
 
@@ -332,7 +277,7 @@ def model_guard(model: nn.Module, *, eval_mode: bool = True, freeze_params: bool
     """
     model = unwrap_compiled(model)
     modules = list(model.modules()) if _modules is None else _modules
-    _acquire(modules, _public)
+    acquire(modules, _public)
     try:
         mods, params = _snapshot(modules, model)
         copies = {id(p): p.detach().clone() for p in model.parameters()} if restore_values else None
@@ -358,62 +303,7 @@ def model_guard(model: nn.Module, *, eval_mode: bool = True, freeze_params: bool
                 raise RuntimeError(f"{changed} parameters were modified in place inside model_guard; "
                                    "use model_guard(..., restore_values=True)")
     finally:
-        _release(modules, _public)
-
-
-def _tensors(out, depth: int = 0):
-    """The tensors and floats of a method's result: a tensor, or tuples, lists, dicts and
-    dataclasses of them (two levels deep: a table's rows, a result's frames)."""
-    if isinstance(out, torch.Tensor):
-        yield "", out
-    elif isinstance(out, float):
-        yield "", out
-    elif depth < 3:
-        if isinstance(out, (tuple, list)):
-            items = ((f"[{i}]", v) for i, v in enumerate(out))
-        elif isinstance(out, dict):
-            items = ((f"[{k!r}]", v) for k, v in out.items())
-        elif dataclasses.is_dataclass(out) and not isinstance(out, type):
-            items = ((f".{f.name}", getattr(out, f.name)) for f in dataclasses.fields(out))
-        else:
-            return
-        for key, v in items:
-            for sub, t in _tensors(v, depth + 1):
-                yield key + sub, t
-
-
-def _all_finite(t: torch.Tensor) -> bool:
-    # One reduction in the usual case: a finite sum means every value is finite; only an
-    # overflowing sum (or a non-finite value) needs the element-wise test.
-    return math.isfinite(float(t.sum())) or bool(torch.isfinite(t).all())
-
-
-def _is_finite(t) -> bool:
-    if isinstance(t, float):
-        return math.isfinite(t)
-    if t.is_complex():
-        return bool(torch.isfinite(t).all())
-    return not t.is_floating_point() or t.numel() == 0 or _all_finite(t)
-
-
-def non_finite_cause(model, arguments=()) -> str:
-    """What made a result non-finite, as far as can be told after the fact: the model's
-    non-finite parameters and buffers by name, else the non-finite entries of
-    ``arguments`` (a dict of the call's arguments) by name, else an overflow."""
-    arguments = dict(arguments)
-    bad = [n for n, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
-    bad += [n for n, b in model.named_buffers() if b.is_floating_point() and not bool(torch.isfinite(b).all())]
-    if bad:
-        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-        return (f"the model has non-finite parameters or buffers: {', '.join(bad[:5])}{more}; "
-                "reload or retrain the weights (a diverged training run leaves NaN weights)")
-    opts = [k for k, v in arguments.items() if k != "model" and v is not model and
-            ((isinstance(v, float) and not math.isfinite(v)) or
-             (isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())))]
-    if opts:
-        return f"non-finite values in {', '.join(opts)}; pass finite numbers"
-    return ("the parameters, input and options are finite, so the computation overflowed or divided by "
-            "zero: try float64 (model.double(), x.double()) or milder options")
+        release(modules, _public)
 
 
 def guarded(fn=None, *, x: str | None = "x", target: str | None = None, grad: bool | None = True,
@@ -487,13 +377,12 @@ def guarded(fn=None, *, x: str | None = "x", target: str | None = None, grad: bo
             with model_guard(model, _public=True, _modules=modules, **guard_options):
                 out = fn(*args, **kwargs) if ba is None else fn(*ba.args, **ba.kwargs)
             if check_finite:
-                for where, t in ((("", out),) if type(out) is torch.Tensor else _tensors(out)):
-                    if not _is_finite(t):
-                        arguments = ba.arguments if ba is not None else \
-                            {**dict(zip(names, args)), **kwargs}
-                        raise NonFiniteResultError(
-                            f"{fn.__name__} returned non-finite values (NaN or inf) in its result{where}: "
-                            f"{non_finite_cause(model, arguments)}")
+                where = first_non_finite(out)
+                if where is not None:
+                    arguments = ba.arguments if ba is not None else {**dict(zip(names, args)), **kwargs}
+                    raise NonFiniteResultError(
+                        f"{fn.__name__} returned non-finite values (NaN or inf) in its result{where}: "
+                        f"{non_finite_cause(model, arguments)}")
             return out
 
     return wrapper

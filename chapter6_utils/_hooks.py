@@ -5,9 +5,10 @@ uses these rather than writing its own.
 
 * :func:`find_layer`: a module name (``"features.8"``) or the module itself -> ``(name,
   module)``, or an error listing close names.
-* :func:`record_outputs`: a context manager whose forward hooks keep the outputs of named
-  modules; the hooks go on exit, also on error (and :func:`._guard.model_guard` would
-  remove any left).
+* :func:`hooked`: a context manager that puts forward pre-/post-hooks on modules and
+  removes them on exit, also on error (and :func:`._guard.model_guard` would remove any
+  left); :func:`record_outputs`, built on it, keeps the outputs of named modules.
+* :func:`leaf_modules`: ``{module: name}`` of the modules without children, in order.
 * :func:`upsample`: an (h, w) or (N, h, w) map to image resolution, bilinear or nearest.
 
 The small argument validators live in :mod:`._checks`.
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 from . import _checks as checks
 
-__all__ = ["find_layer", "record_outputs", "upsample", "UPSAMPLE_MODES"]
+__all__ = ["find_layer", "leaf_modules", "hooked", "record_outputs", "upsample", "UPSAMPLE_MODES"]
 
 UPSAMPLE_MODES = ("bilinear", "nearest")
 
@@ -58,6 +59,32 @@ def find_layer(model: nn.Module, layer, *, kinds: tuple = ()) -> tuple[str, nn.M
     raise TypeError(f"layer must be a module name (e.g. 'features.6') or a submodule, got {type(layer).__name__}")
 
 
+def leaf_modules(model: nn.Module) -> dict:
+    """``{module: name}`` of ``model``'s modules without children (its layers), in
+    registration order; a model without children is its own leaf (name "")."""
+    return {m: n for n, m in model.named_modules() if next(m.children(), None) is None}
+
+
+@contextmanager
+def hooked(modules, *, pre=None, post=None, always_call: bool = False):
+    """Within the block, ``pre(module, inputs)`` runs before and ``post(module, inputs,
+    output)`` after every forward call of each of ``modules`` (any iterable of modules;
+    either hook may be None); a hook's return value replaces the inputs or output, as in
+    torch. ``always_call``: ``post`` runs even when the forward raises. The hooks are
+    removed on exit, also on error."""
+    handles = []
+    try:
+        for m in modules:
+            if pre is not None:
+                handles.append(m.register_forward_pre_hook(pre))
+            if post is not None:
+                handles.append(m.register_forward_hook(post, always_call=always_call))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @contextmanager
 def record_outputs(modules, *, detach: bool = False, append: bool = False):
     """Forward hooks that keep the outputs of ``modules`` (a dict ``{key: module}``, or a
@@ -67,26 +94,22 @@ def record_outputs(modules, *, detach: bool = False, append: bool = False):
     ``{key: [output, ...]}``, every call in order (a module called twice, a loop).
     ``detach``: keep ``output.detach()`` (no graph). The hooks are removed on exit, on
     error too."""
-    items = modules.items() if isinstance(modules, dict) else enumerate(modules)
+    items = list(modules.items() if isinstance(modules, dict) else enumerate(modules))
+    keys: dict = {}
+    for key, m in items:
+        keys.setdefault(m, []).append(key)
     store: dict = {}
-    handles = []
 
-    def keeper(key):
-        def hook(module, inputs, output):
-            out = output.detach() if detach and isinstance(output, torch.Tensor) else output
+    def keep(module, inputs, output):
+        out = output.detach() if detach and isinstance(output, torch.Tensor) else output
+        for key in keys[module]:
             if append:
                 store.setdefault(key, []).append(out)
             else:
                 store[key] = out
-        return hook
 
-    try:
-        for key, m in items:
-            handles.append(m.register_forward_hook(keeper(key)))
+    with hooked(keys, post=keep):
         yield store
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def upsample(m: torch.Tensor, size, mode: str = "bilinear") -> torch.Tensor:

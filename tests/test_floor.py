@@ -453,3 +453,52 @@ def test_smoothgrad_is_deterministic_for_a_seed_whatever_the_batching():
         assert torch.allclose(saliency.smoothgrad(model, x, [0, 1, 2], n_samples=5, seed=11, batch_size=bs), ref,
                               atol=1e-6)
     assert not torch.allclose(saliency.smoothgrad(model, x, [0, 1, 2], n_samples=5, seed=12), ref)
+
+
+# --------------------------------------------------------------------------- the ground floor (issue 20, item 1)
+def test_find_layer_by_name_or_module_and_errors_that_list_names():
+    from chapter6_utils._hooks import find_layer
+
+    model = small_cnn()
+    assert find_layer(model, "3") == ("3", model[3])
+    assert find_layer(model, model[3]) == ("3", model[3])
+    with pytest.raises(ValueError, match=r"unknown layer '33'.*did you mean '3'"):
+        find_layer(model, "33")
+    with pytest.raises(ValueError, match="Conv2d modules are: 0, 3"):
+        find_layer(model, "conv", kinds=(nn.Conv2d,))
+    with pytest.raises(ValueError, match="not a submodule"):
+        find_layer(model, nn.ReLU())
+    with pytest.raises(TypeError, match="module name"):
+        find_layer(model, 3)
+
+
+def test_hooks_are_removed_on_exit_and_on_error():
+    from chapter6_utils._hooks import hooked, leaf_modules, record_outputs
+
+    model, x = small_cnn(), _x()
+    leaves = leaf_modules(model)
+    assert list(leaves.values()) == [str(i) for i in range(7)]
+    with record_outputs({"conv": model[0], "relu": model[4]}) as acts:
+        out = model(x)
+    assert torch.equal(acts["relu"], torch.relu(model[3](model[2](torch.relu(model[0](x))))))
+    assert set(acts) == {"conv", "relu"} and out.shape == (2, 3)
+    with pytest.raises(RuntimeError, match="boom"):
+        with hooked(leaves, pre=lambda m, i: None, post=lambda m, i, o: None):
+            raise RuntimeError("boom")
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    with record_outputs([model[1], model[1]], append=True) as seen:  # one module under two keys
+        model(x)
+    assert len(seen[0]) == len(seen[1]) == 1
+
+
+def test_one_upsampler_behind_attention_and_viz():
+    from chapter6_utils import viz
+    from chapter6_utils._hooks import upsample
+
+    m = torch.rand(2, 4, 4)
+    up = upsample(m, 16)
+    assert up.shape == (2, 16, 16) and float(up.min()) >= float(m.min()) and float(up.max()) <= float(m.max())
+    assert torch.equal(attention.upsample_to_image(m, 16), up)
+    assert torch.equal(upsample(m, (8, 8), "nearest")[:, ::2, ::2], m)
+    assert torch.allclose(torch.from_numpy(viz._resize(m[0].numpy(), (16, 16))), up[0])
+    assert upsample(torch.ones(3, 3, dtype=torch.long), 6).dtype == torch.float32

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .. import _checks as checks
 from .._guard import guarded
-from .._hooks import find_layer
+from .._hooks import find_layer, hooked, leaf_modules
 
 __all__ = ["project", "top_activations", "TopActivations", "receptive_field"]
 
@@ -39,8 +39,8 @@ def _forward_to(model, x, layer):
     """Run ``model`` on ``x`` until ``layer`` has its output; return (output, chain of leaf
     calls), the chain checked to be a plain sequence x -> leaf -> leaf -> ... -> output."""
     name, target_module = _resolve_layer(model, layer)
-    leaves = {m: n for n, m in model.named_modules() if not list(m.children())}
-    calls, handles, result = [], [], {}
+    leaves = leaf_modules(model)
+    calls, result = [], {}
 
     def record(module, inputs, output):
         calls.append((leaves[module], module, inputs[0] if inputs else None, output))
@@ -57,16 +57,11 @@ def _forward_to(model, x, layer):
         result["out"] = output
         raise _Stop
 
-    for m in leaves:
-        handles.append(m.register_forward_hook(record))
-    handles.append(target_module.register_forward_hook(stop))
     try:
-        model(x)
+        with hooked(leaves, post=record), hooked([target_module], post=stop):
+            model(x)
     except _Stop:
         pass
-    finally:
-        for h in handles:
-            h.remove()
     if "out" not in result:
         raise ValueError(f"layer '{name}' ({type(target_module).__name__}) was never called by the model's forward")
     steps, prev = [], x
