@@ -43,10 +43,10 @@ import numbers
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import _checks as checks
-from ._guard import attribution_method, check_input, check_target, class_scores, model_guard
+from ._guard import attribution_method, check_target, class_scores, guarded
+from ._hooks import record_outputs, upsample
 
 __all__ = ["attention_maps", "cls_attention", "rollout", "upsample_to_image", "rollout_map",
            "attention_modules", "token_layout", "HEAD_FUSIONS", "READOUTS"]
@@ -72,6 +72,7 @@ def attention_modules(model: nn.Module) -> list:
     return mods
 
 
+@guarded(x="x", grad=False)
 def attention_maps(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The softmax attention of every block, equation 12 (book/equations.md): ``A_h = softmax(Q_h K_h^T / sqrt(d_k))``.
 
@@ -91,18 +92,11 @@ def attention_maps(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         token (index 0) and the patches; every row sums to 1.
     """
     mods = attention_modules(model)
-    check_input(model, x)
-    captured: list = []
-
-    def grab(module, inputs, output):
-        captured.append(output.detach())
-
-    with model_guard(model):
-        for m in mods:
-            m.fused_attn = False  # the explicit path: softmax, then attn_drop (identity in eval)
-            m.attn_drop.register_forward_hook(grab)
-        with torch.no_grad():
-            model(x)
+    for m in mods:
+        m.fused_attn = False  # the explicit path: softmax, then attn_drop (identity in eval)
+    with record_outputs([m.attn_drop for m in mods], detach=True, append=True) as seen:
+        model(x)
+    captured = [a for i in range(len(mods)) for a in seen.get(i, [])]
     if len(captured) != len(mods):
         raise RuntimeError(f"captured {len(captured)} attention matrices from {len(mods)} attention modules; "
                            "this timm version computes attention differently (check Attention.forward)")
@@ -329,20 +323,9 @@ def upsample_to_image(m: torch.Tensor, image_size, mode: str = "bilinear") -> to
     ``image_size``: an int or (H, W). ``mode="bilinear"`` (smooth, for overlays; never
     leaves the range of the map's values) or ``"nearest"`` (each patch's weight on all its
     pixels: when the patches tile the image, mask shares are then exactly patch-weighted).
+    The package's one upsampler, :func:`chapter6_utils._hooks.upsample`.
     """
-    if not isinstance(m, torch.Tensor) or m.dim() not in (2, 3):
-        raise ValueError("m must be an (h, w) or (N, h, w) tensor")
-    checks.choice(mode, "mode", ("bilinear", "nearest"))
-    if isinstance(image_size, (numbers.Integral, torch.Tensor)) and not isinstance(image_size, bool) \
-            and getattr(image_size, "dim", lambda: 0)() == 0:
-        image_size = (image_size, image_size)
-    if not isinstance(image_size, (tuple, list, torch.Size)) or len(image_size) != 2:
-        raise TypeError(f"image_size must be an int or (H, W), got {image_size!r}")
-    size = tuple(checks.integer(v, "image_size", low=1, hint="the image's side in pixels") for v in image_size)
-    x = m[None, None] if m.dim() == 2 else m[:, None]
-    up = F.interpolate(x.float() if not x.is_floating_point() else x, size=size, mode=mode,
-                       **({"align_corners": False} if mode == "bilinear" else {}))
-    return up[0, 0] if m.dim() == 2 else up[:, 0]
+    return upsample(m, image_size, mode)
 
 
 def rollout_map(model: nn.Module, x: torch.Tensor, target=None, *, head_fusion: str = "mean",
@@ -401,16 +384,13 @@ def attention_gradients(model: nn.Module, x: torch.Tensor, target) -> tuple[torc
     One forward pass with the fused path off (flags, hooks and modes as they were
     afterwards, also on error) and one backward pass. ``target``: an int or N indices."""
     mods = attention_modules(model)
-    captured: list = []
-
-    def grab(module, inputs, output):
-        captured.append(output)
-
     for m in mods:
         m.fused_attn = False  # the explicit path, whose softmax output attn_drop receives
-        m.attn_drop.register_forward_hook(grab)
-    x0 = x.detach().clone().requires_grad_(True)  # so that the attention carries a graph
-    scores = class_scores(model(x0), target, int(target.max()))
+    x0 = x.detach().requires_grad_(True)  # so that the attention carries a graph
+    with record_outputs([m.attn_drop for m in mods], append=True) as seen:
+        # a non-leaf copy: a model whose first op is in place stays differentiable
+        scores = class_scores(model(x0.clone()), target, int(target.max()))
+    captured = [a for i in range(len(mods)) for a in seen.get(i, [])]
     if len(captured) != len(mods):
         raise RuntimeError(f"captured {len(captured)} attention matrices from {len(mods)} attention modules; "
                            "this timm version computes attention differently (check Attention.forward)")

@@ -65,6 +65,9 @@ class ModelInfo:
     notice: Optional[str] = None
     description: str = ""
     extra: dict = field(default_factory=dict)  # training metadata of bundled weights
+    #: True when the network takes only ``input_size`` x ``input_size`` images (a linear head
+    #: after fixed pooling, a fixed patch grid): methods then refuse other sizes by name.
+    fixed_size: bool = False
 
 
 # --------------------------------------------------------------------------- architectures
@@ -449,5 +452,6 @@ def load(name: str, pretrained="auto", device=None, weights_dir: str | os.PathLi
         _fold_input_normalisation(model, name)
     model.eval()
     model.ch6 = ModelInfo(name=name, classes=spec.classes(), input_size=spec.input_size,
-                          weights=source, notice=notice, description=spec.description, extra=extra)
+                          weights=source, notice=notice, description=spec.description, extra=extra,
+                          fixed_size=spec.kind == "bundled" or name.startswith("vit_"))
     return model.to(device) if device is not None else model

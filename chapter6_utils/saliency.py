@@ -45,10 +45,11 @@ _MASK64 = (1 << 64) - 1
 
 
 def _input_gradient(model, x, target, target_max):
-    # A copy, so that a model that writes into its input cannot touch the caller's tensor.
-    x = x.detach().clone().requires_grad_(True)
+    x = x.detach().requires_grad_(True)
+    # The model gets a copy that is not a leaf: a first op in place (nn.ReLU(inplace=True))
+    # is then allowed by autograd and still differentiated back to x.
     # target_max: the range check needs no device sync between forward and backward.
-    scores = class_scores(model(x), target, target_max)
+    scores = class_scores(model(x.clone()), target, target_max)
     (grad,) = torch.autograd.grad(scores.sum(), x)
     return grad
 
@@ -104,10 +105,13 @@ def _splitmix64(z: int) -> int:
     return (z ^ (z >> 31)) >> 1  # 63 bits: torch seeds are signed on some paths
 
 
-def _copy_noise(seed: int, t: int, shape, like: torch.Tensor) -> torch.Tensor:
+def _noise(seed: int, n_samples: int, shape, like: torch.Tensor) -> torch.Tensor:
+    """``eps_0 ... eps_(n-1)``, (n_samples, C, H, W) standard normal on like's device and
+    dtype: one generator, one draw for all the copies (a generator per copy cost more than
+    the noise on small models)."""
     gen = torch.Generator(device=like.device)
-    gen.manual_seed(_splitmix64(_splitmix64(seed & _MASK64) ^ t))
-    return torch.randn(shape, generator=gen, device=like.device, dtype=like.dtype)
+    gen.manual_seed(_splitmix64(seed & _MASK64))
+    return torch.randn((n_samples,) + tuple(shape), generator=gen, device=like.device, dtype=like.dtype)
 
 
 def _check_options(n_samples, sigma, batch_size, seed, average):
@@ -159,12 +163,12 @@ def smoothgrad(model, x, target, *, n_samples: int = 25, sigma: float = 0.15,
             None picks :func:`default_batch_size` (at 224x224 RGB: 8 on a CPU, 64 on a
             GPU; at 64x64: 98 and 784). It changes speed and memory, not the result
             (beyond float rounding).
-        seed: makes the noise reproducible. Copy t draws ``eps_t`` from its own
-            generator (on x's device) seeded from ``(seed, t)``, and every image of the
-            batch uses that same ``eps_t`` (scaled to its own range): so the maps do not
-            depend on ``batch_size``, a batch gets the same noise as its images one at
-            a time with the same seed, and the first k copies are those of
-            ``n_samples=k``. The flip side: with one seed, the noise patterns (not their
+        seed: makes the noise reproducible. One generator (on x's device), seeded from
+            ``seed``, draws ``eps_0 ... eps_(n-1)`` at once before the first pass
+            (``n_samples`` x C x H x W values), and every image of the batch uses the
+            same ``eps_t`` (scaled to its own range): so the maps do not depend on
+            ``batch_size``, and a batch gets the same noise as its images one at a time
+            with the same seed. The flip side: with one seed, the noise patterns (not their
             scale) are shared between the images of a call; their errors are correlated,
             which matters only when averaging maps over images. None draws the seed from
             torch's global generator, so ``torch.manual_seed`` (``seed_everything``)
@@ -186,6 +190,7 @@ def smoothgrad(model, x, target, *, n_samples: int = 25, sigma: float = 0.15,
     hi = flat.amax(1).view(n, 1, 1, 1)
     std = sigma * (hi - lo)
     signed = average == "signed"
+    eps = _noise(seed, n_samples, shape, x)
     # The running sum: of the copies' maps (N, H, W), or of their gradients (N, C, H, W).
     total = torch.zeros((n,) + tuple(shape if signed else shape[1:]), device=x.device, dtype=x.dtype)
     # The n * N copies in copy-major order (copy t outer, image i inner) and cut into
@@ -195,7 +200,7 @@ def smoothgrad(model, x, target, *, n_samples: int = 25, sigma: float = 0.15,
     for start in range(0, n * n_samples, batch_size):
         stop = min(start + batch_size, n * n_samples)
         runs = [(t, max(start - t * n, 0), min(stop - t * n, n)) for t in range(start // n, (stop - 1) // n + 1)]
-        noisy = torch.cat([torch.clamp(x[a:b] + std[a:b] * _copy_noise(seed, t, shape, x), lo[a:b], hi[a:b])
+        noisy = torch.cat([torch.clamp(x[a:b] + std[a:b] * eps[t], lo[a:b], hi[a:b])
                            for t, a, b in runs])
         # target_max of all images: the first batch may not hold every image.
         grads = _input_gradient(model, noisy, torch.cat([target[a:b] for _, a, b in runs]), target_max)

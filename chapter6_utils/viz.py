@@ -22,9 +22,9 @@ import matplotlib.patheffects as pe
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import _checks, data  # plumbing (validators, de-normalisation), not method modules
+from ._hooks import upsample  # the one map upsampler
 
 __all__ = ["display_image", "LESION_COLOUR", "RULER_COLOUR", "SEQUENTIAL_CMAP", "DIVERGING_CMAP", "PERCENTILE",
            "as_image", "draw_masks", "show_lesions", "plot_confusion",
@@ -434,8 +434,7 @@ def _resize(arr: np.ndarray, size) -> np.ndarray:
     """Bilinear resize of an (h, w) map to ``size`` = (H, W) (bilinear never overshoots)."""
     if arr.shape == tuple(size):
         return arr
-    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None, None]
-    return F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)[0, 0].numpy()
+    return upsample(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)), tuple(size)).numpy()
 
 
 def overlay(ax, image, m, alpha=0.5, signed=None, cmap=None, title=None, colorbar=True,

@@ -137,8 +137,9 @@ def reference_smoothgrad(model, x, target, n_samples, sigma, seed):
         xi = x[i:i + 1]
         lo, hi = xi.min(), xi.max()
         acc = torch.zeros_like(xi[0, 0])
+        noise = saliency._noise(seed, n_samples, xi.shape[1:], xi)
         for t in range(n_samples):
-            eps = saliency._copy_noise(seed, t, xi.shape[1:], xi)
+            eps = noise[t]
             noisy = (xi + eps * sigma * (hi - lo)).clamp(lo, hi)
             acc += vanilla_saliency(model, noisy, target[i])
         out.append(acc / n_samples)
@@ -176,8 +177,9 @@ def reference_smoothgrad_signed(model, x, target, n_samples, sigma, seed):
         xi = x[i:i + 1]
         lo, hi = xi.min(), xi.max()
         acc = torch.zeros_like(xi[0])
+        noise = saliency._noise(seed, n_samples, xi.shape[1:], xi)
         for t in range(n_samples):
-            eps = saliency._copy_noise(seed, t, xi.shape[1:], xi)
+            eps = noise[t]
             noisy = (xi + eps * sigma * (hi - lo)).clamp(lo, hi).requires_grad_(True)
             model(noisy)[0, target[i]].backward()
             acc += noisy.grad[0]

@@ -3,7 +3,6 @@ per image, (N,), from the model's output or from the activations of named layers
 combine linearly."""
 from __future__ import annotations
 
-import difflib
 import numbers
 from typing import Callable
 
@@ -11,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from .. import _checks as checks
+from .._hooks import find_layer, record_outputs
 
 __all__ = ["Objective", "class_logit", "channel", "unit"]
 
@@ -129,38 +129,21 @@ def _resolve_layers(model: nn.Module, objective: Objective) -> dict:
     if not isinstance(objective, Objective):
         raise TypeError("objective must be an actmax.Objective (class_logit, channel, unit or a combination), "
                         f"got {type(objective).__name__}")
-    named = dict(model.named_modules())
-    modules = {}
-    for name in objective.layers:
-        if name == _OUTPUT:
-            continue
-        if not isinstance(name, str) or name not in named:
-            close = difflib.get_close_matches(str(name), [n for n in named if n], n=3)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise ValueError(f"unknown layer {name!r}: not a submodule name of this model{hint} "
-                             "(list them with [n for n, _ in model.named_modules()])")
-        modules[name] = named[name]
-    return modules
+    return {name: find_layer(model, name)[1] for name in objective.layers if name != _OUTPUT}
 
 
 class _Recorder:
-    """Forward hooks that keep the named layers' outputs (removed on exit, and by the guard)."""
+    """The named layers' outputs of each forward pass (:func:`record_outputs`; its hooks go
+    on :meth:`close`, and the guard removes any left)."""
 
     def __init__(self, modules: dict):
-        self.acts, self.handles = {}, []
-        for name, m in modules.items():
-            self.handles.append(m.register_forward_hook(self._keep(name)))
-
-    def _keep(self, name):
-        def hook(module, inputs, output):
-            self.acts[name] = output
-        return hook
+        self._hooks = record_outputs(modules)
+        self.acts = self._hooks.__enter__()
 
     def run(self, model, x):
-        self.acts = {}
+        self.acts.clear()
         self.acts[_OUTPUT] = model(x)
         return self.acts
 
     def close(self):
-        for h in self.handles:
-            h.remove()
+        self._hooks.__exit__(None, None, None)

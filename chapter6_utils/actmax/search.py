@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from .. import _checks as checks
-from .._guard import model_guard
+from .._guard import NonFiniteResultError, guarded, model_guard, non_finite_cause
 from ..data import denormalize, gaussian_blur, normalize, pixel_bounds
 from .measures import total_variation
 from .objectives import Objective, _Recorder, _resolve_layers
@@ -58,14 +58,17 @@ def _check_start(t, name, shape):
     return checks.finite(t.detach(), name, cause="a search from NaN or inf stays NaN")
 
 
-def _check_result(trace, image, what):
-    """The search stayed finite, or an error saying at which step it stopped being so."""
+def _check_result(trace, image, what, model, generator=None):
+    """The search stayed finite, or an error saying at which step it stopped being so and why."""
     values = torch.stack(trace)
     bad = ~torch.isfinite(values)
     if bool(bad.any()) or not bool(torch.isfinite(image).all()):
         step = int(bad.nonzero()[0]) if bool(bad.any()) else len(trace) - 1
-        raise ValueError(f"{what}: the objective became non-finite at step {step} (NaN or inf in the model's "
-                         "weights or activations, or an objective that overflows); lower lr or check the model")
+        cause = non_finite_cause(model)
+        if generator is not None and "parameters or buffers" not in cause:
+            cause = non_finite_cause(generator).replace("the model has", "the generator has")
+        raise NonFiniteResultError(f"{what}: the objective became non-finite at step {step}: {cause}; "
+                                   "with finite weights, lower lr or use an objective that cannot overflow")
     return values
 
 
@@ -74,6 +77,7 @@ def _device_of(model):
     return (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
 
 
+@guarded(x=None, grad=True)
 def maximize(model: nn.Module, objective: Objective, steps: int = 256, lr: float = 0.05, l2: float = 0.0,
              blur_every: int = 0, blur_sigma: float = 0.5, tv: float = 0.0, jitter: int = 0, seed: int = 0,
              image_size: Optional[int] = None, record_every: Optional[int] = None, n: int = 1,
@@ -129,45 +133,44 @@ def maximize(model: nn.Module, objective: Objective, steps: int = 256, lr: float
     low, high = pixel_bounds(dev, dtype)
     shifts = torch.randint(-jitter, jitter + 1, (max(steps, 1), 2), generator=gen).tolist() if jitter else None
 
-    with torch.inference_mode(False), torch.enable_grad(), model_guard(model):
-        rec = _Recorder(modules)
-        try:
-            x = normalize(start).requires_grad_(True)
-            opt = torch.optim.Adam([x], lr=lr)
-            trace, frames, frame_steps = [], [], []
+    rec = _Recorder(modules)
+    try:
+        x = normalize(start).requires_grad_(True)
+        opt = torch.optim.Adam([x], lr=lr)
+        trace, frames, frame_steps = [], [], []
 
-            def keep(step):
-                frames.append(_to_pixels(x))
-                frame_steps.append(step)
+        def keep(step):
+            frames.append(_to_pixels(x))
+            frame_steps.append(step)
 
-            keep(0)
-            for step in range(steps + 1):
-                xin = torch.roll(x, shifts[step % len(shifts)], dims=(2, 3)) if shifts else x
-                value = objective(rec.run(model, xin))
-                if value.dim() != 1 or value.shape[0] != n:
-                    raise ValueError(f"the objective returned shape {tuple(value.shape)}; expected ({n},)")
-                trace.append(value.detach().mean())
-                if step == steps:
-                    break  # the last pass only scores the final image
-                loss = -value.sum()
-                if l2:
-                    loss = loss + l2 * (x ** 2).flatten(1).mean(1).sum()
-                if tv:
-                    loss = loss + tv * total_variation(x).sum()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                with torch.no_grad():
-                    if blur_every and (step + 1) % blur_every == 0:
-                        x.copy_(gaussian_blur(x, blur_sigma))
-                    x.copy_(torch.maximum(torch.minimum(x, high), low))
-                if record_every and (step + 1) % record_every == 0 and step + 1 < steps:
-                    keep(step + 1)
-            if steps:
-                keep(steps)
-        finally:
-            rec.close()
-    values = _check_result(trace, frames[-1], "maximize")
+        keep(0)
+        for step in range(steps + 1):
+            xin = torch.roll(x, shifts[step % len(shifts)], dims=(2, 3)) if shifts else x
+            value = objective(rec.run(model, xin))
+            if value.dim() != 1 or value.shape[0] != n:
+                raise ValueError(f"the objective returned shape {tuple(value.shape)}; expected ({n},)")
+            trace.append(value.detach().mean())
+            if step == steps:
+                break  # the last pass only scores the final image
+            loss = -value.sum()
+            if l2:
+                loss = loss + l2 * (x ** 2).flatten(1).mean(1).sum()
+            if tv:
+                loss = loss + tv * total_variation(x).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                if blur_every and (step + 1) % blur_every == 0:
+                    x.copy_(gaussian_blur(x, blur_sigma))
+                x.copy_(torch.maximum(torch.minimum(x, high), low))
+            if record_every and (step + 1) % record_every == 0 and step + 1 < steps:
+                keep(step + 1)
+        if steps:
+            keep(steps)
+    finally:
+        rec.close()
+    values = _check_result(trace, frames[-1], "maximize", model)
     return ActMaxResult(image=frames[-1], trace=values.tolist(), frames=frames,
                         frame_steps=frame_steps, objective=objective.description)
 
@@ -177,6 +180,7 @@ def _to_pixels(x_norm):
     return denormalize(x_norm.detach()).clamp(0, 1)
 
 
+@guarded(x=None, grad=True)
 def dgn_am(model: nn.Module, generator: nn.Module, objective: Objective, steps: int = 256, lr: float = 0.05,
            l2_latent: float = 0.01, seed: int = 0, n: int = 1, record_every: Optional[int] = None,
            z_init: Optional[torch.Tensor] = None) -> ActMaxResult:
@@ -213,7 +217,7 @@ def dgn_am(model: nn.Module, generator: nn.Module, objective: Objective, steps: 
     else:
         z0 = torch.randn(n, zdim, generator=torch.Generator().manual_seed(seed)).to(dev, dtype)
 
-    with torch.inference_mode(False), torch.enable_grad(), model_guard(model), model_guard(generator):
+    with model_guard(generator):
         rec = _Recorder(modules)
         try:
             z = z0.clone().requires_grad_(True)
@@ -238,6 +242,6 @@ def dgn_am(model: nn.Module, generator: nn.Module, objective: Objective, steps: 
                 opt.step()
         finally:
             rec.close()
-    values = _check_result(trace, frames[-1], "dgn_am")
+    values = _check_result(trace, frames[-1], "dgn_am", model, generator)
     return ActMaxResult(image=frames[-1], trace=values.tolist(), frames=frames,
                         frame_steps=frame_steps, objective=objective.description, latent=z.detach())

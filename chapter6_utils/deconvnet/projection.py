@@ -11,7 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import _checks as checks
-from .._guard import check_input, model_guard
+from .._guard import guarded
+from .._hooks import find_layer, hooked, leaf_modules
 
 __all__ = ["project", "top_activations", "TopActivations", "receptive_field"]
 
@@ -19,20 +20,7 @@ _INVERTIBLE = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Identity, nn.Dropout)
 
 
 def _resolve_layer(model, layer):
-    named = dict(model.named_modules())
-    if isinstance(layer, str):
-        if layer not in named or layer == "":
-            convs = [n for n, m in named.items() if isinstance(m, (nn.Conv2d, nn.ReLU, nn.MaxPool2d))]
-            raise ValueError(f"layer {layer!r} is not a module of {type(model).__name__}; "
-                             f"its convolutional modules are: {', '.join(convs[:40])}")
-        return layer, named[layer]
-    if isinstance(layer, nn.Module):
-        for n, m in named.items():
-            if m is layer and n:
-                return n, m
-        raise ValueError(f"layer {type(layer).__name__} is not a submodule of {type(model).__name__}; "
-                         "pass one of its modules or its name (e.g. 'features.6')")
-    raise TypeError(f"layer must be a module name (e.g. 'features.6') or a submodule, got {type(layer).__name__}")
+    return find_layer(model, layer, kinds=(nn.Conv2d, nn.ReLU, nn.MaxPool2d))
 
 
 class _Stop(Exception):
@@ -51,8 +39,8 @@ def _forward_to(model, x, layer):
     """Run ``model`` on ``x`` until ``layer`` has its output; return (output, chain of leaf
     calls), the chain checked to be a plain sequence x -> leaf -> leaf -> ... -> output."""
     name, target_module = _resolve_layer(model, layer)
-    leaves = {m: n for n, m in model.named_modules() if not list(m.children())}
-    calls, handles, result = [], [], {}
+    leaves = leaf_modules(model)
+    calls, result = [], {}
 
     def record(module, inputs, output):
         calls.append((leaves[module], module, inputs[0] if inputs else None, output))
@@ -69,16 +57,11 @@ def _forward_to(model, x, layer):
         result["out"] = output
         raise _Stop
 
-    for m in leaves:
-        handles.append(m.register_forward_hook(record))
-    handles.append(target_module.register_forward_hook(stop))
     try:
-        model(x)
+        with hooked(leaves, post=record), hooked([target_module], post=stop):
+            model(x)
     except _Stop:
         pass
-    finally:
-        for h in handles:
-            h.remove()
     if "out" not in result:
         raise ValueError(f"layer '{name}' ({type(target_module).__name__}) was never called by the model's forward")
     steps, prev = [], x
@@ -179,6 +162,7 @@ def _check_channel(a, channel, name):
     checks.integer(channel, "channel", low=0, high=a.shape[1] - 1, hint=f"layer '{name}' has {a.shape[1]} channels")
 
 
+@guarded(x="x", grad=False)
 def project(model, x, layer, channel: int, top_k: int = 1):
     """Zeiler & Fergus's projection of a feature to the pixels, (N, C, H, W) like ``x``.
 
@@ -209,18 +193,14 @@ def project(model, x, layer, channel: int, top_k: int = 1):
         ``padding_mode``), dilation and group count of the convolutions and every kernel,
         stride, padding, dilation and ``ceil_mode`` of the max-pooling, at any input size.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     top_k = checks.integer(top_k, "top_k", low=1, hint="activations kept per image")
-    check_input(model, x)
-    with torch.inference_mode(False), torch.no_grad(), model_guard(model):
-        x = x.detach().clone() if x.is_inference() else x.detach()
-        a, steps = _forward_to(model, x, layer)
-        _check_channel(a, channel, steps[-1].name if steps else str(layer))
-        kept, _, _ = _keep_top(a, channel, top_k)
-        return _invert(steps, kept)
+    a, steps = _forward_to(model, x, layer)
+    _check_channel(a, channel, steps[-1].name if steps else str(layer))
+    kept, _, _ = _keep_top(a, channel, top_k)
+    return _invert(steps, kept)
 
 
+@guarded(x="x", grad=False)
 def receptive_field(model, x, layer, row: int, col: int):
     """The input box ``(top, left, bottom, right)`` (bottom/right exclusive) that unit
     ``(row, col)`` of ``layer``'s output sees: the smallest box holding every pixel that
@@ -231,11 +211,7 @@ def receptive_field(model, x, layer, row: int, col: int):
     no pixel (zero padding; max-pooling pads with -inf) unless the convolution's
     ``padding_mode`` copies one (reflect, replicate, circular); with dilation the taps
     that fall on padding are left out, so the box is tight at the image border too."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    check_input(model, x)
-    with torch.inference_mode(False), torch.no_grad(), model_guard(model):
-        a, steps = _forward_to(model, x[:1].detach(), layer)
+    a, steps = _forward_to(model, x[:1], layer)
     if not isinstance(a, torch.Tensor) or a.dim() != 4:
         raise ValueError(f"layer '{steps[-1].name if steps else layer}' outputs {_shape(a)}; receptive_field "
                          "needs a (N, C, H, W) feature map")
@@ -311,6 +287,7 @@ class TopActivations:
     projection_patch: list
 
 
+@guarded(x="images", grad=False)
 def top_activations(model, images, layer, channel: int, k: int = 9, batch_size: int = 256) -> TopActivations:
     """The ``k`` images whose strongest activation of ``channel`` in ``layer`` is highest,
     with the receptive-field patch around that activation and its projection to the
@@ -323,27 +300,24 @@ def top_activations(model, images, layer, channel: int, k: int = 9, batch_size: 
         k: how many (at most N).
         batch_size: images per forward pass when searching.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    check_input(model, images)
     k = min(checks.integer(k, "k", low=1, hint="how many images to show"), images.shape[0])
     batch_size = checks.integer(batch_size, "batch_size", low=1, hint="images per forward pass")
     best_v, best_p = [], []
-    with torch.inference_mode(False), torch.no_grad(), model_guard(model):
-        for start in range(0, images.shape[0], batch_size):
-            a, steps = _forward_to(model, images[start:start + batch_size].detach(), layer)
-            _check_channel(a, channel, steps[-1].name)
-            v, p = a[:, channel].flatten(1).max(dim=1)
-            best_v.append(v)
-            best_p.append(p)
-        name = _resolve_layer(model, layer)[0]
-        v, p = torch.cat(best_v), torch.cat(best_p)
-        value, index = v.topk(k)
-        width = a.shape[-1]
-        position = torch.stack([p[index] // width, p[index] % width], dim=1)
-        a, steps = _forward_to(model, images[index].detach(), layer)
-        kept, _, _ = _keep_top(a, channel, 1)
-        proj = _invert(steps, kept)
+    for start in range(0, images.shape[0], batch_size):
+        # a copy per batch too: an in-place first op must not write into the clone we crop patches from
+        a, steps = _forward_to(model, images[start:start + batch_size].clone(), layer)
+        _check_channel(a, channel, steps[-1].name)
+        v, p = a[:, channel].flatten(1).max(dim=1)
+        best_v.append(v)
+        best_p.append(p)
+    name = _resolve_layer(model, layer)[0]
+    v, p = torch.cat(best_v), torch.cat(best_p)
+    value, index = v.topk(k)
+    width = a.shape[-1]
+    position = torch.stack([p[index] // width, p[index] % width], dim=1)
+    a, steps = _forward_to(model, images[index], layer)  # indexing copies
+    kept, _, _ = _keep_top(a, channel, 1)
+    proj = _invert(steps, kept)
     boxes = [_box(steps, int(r), int(c)) for r, c in position.tolist()]
     patch = [images[i, :, t:b, l:r].detach() for i, (t, l, b, r) in zip(index.tolist(), boxes)]  # noqa: E741 (t, l, b, r: box edges)
     proj_patch = [proj[j, :, t:b, l:r] for j, (t, l, b, r) in enumerate(boxes)]  # noqa: E741

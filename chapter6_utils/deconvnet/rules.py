@@ -12,6 +12,7 @@ from torch.overrides import TorchFunctionMode
 
 from .. import _checks as checks
 from .._guard import attribution_method, class_scores
+from .._hooks import hooked
 
 __all__ = ["RULES", "relu_backward", "relu_rule", "deconvnet", "guided_backprop"]
 
@@ -108,12 +109,7 @@ def relu_rule(model: nn.Module, rule: str):
         raise ValueError(f"{type(model).__name__} has no nn.ReLU module: the {rule!r} rule of equation 3 (book/equations.md) "  # noqa: E501
                          "changes only ReLUs, so there is nothing to apply it to (the map would be a plain "
                          "gradient)")
-    stack, handles = [], []
-
-    def push(name):
-        def hook(module, inputs):
-            stack.append((name, module))
-        return hook
+    stack = []
 
     def pop(module, inputs, output):
         if stack and stack[-1][1] is module:
@@ -122,27 +118,28 @@ def relu_rule(model: nn.Module, rule: str):
     def swap(module, inputs, output):
         return _ReLUWithRule.apply(inputs[0], rule)
 
+    names = {m: name or type(m).__name__ for name, m in model.named_modules()}
+
+    def push(module, inputs):
+        stack.append((names[module], module))
+
     saved = [(m, m.inplace) for m in relus]
     try:
         for m in relus:
             m.inplace = False
-            handles.append(m.register_forward_hook(swap))
-        for name, m in model.named_modules():
-            handles.append(m.register_forward_pre_hook(push(name or type(m).__name__)))
-            handles.append(m.register_forward_hook(pop, always_call=True))
-        with _FunctionalReLUDetector(stack, rule):
+        with hooked(relus, post=swap), hooked(names, pre=push, post=pop, always_call=True), \
+                _FunctionalReLUDetector(stack, rule):
             yield model
     finally:
-        for h in handles:
-            h.remove()
         for m, inplace in saved:
             m.inplace = inplace
 
 
 def _rule_gradient(model, x, target, rule):
-    x = x.detach().clone().requires_grad_(True)
+    x = x.detach().requires_grad_(True)
     with relu_rule(model, rule):
-        scores = class_scores(model(x), target, int(target.max()))
+        # a non-leaf copy: a model whose first op is in place stays differentiable
+        scores = class_scores(model(x.clone()), target, int(target.max()))
     (grad,) = torch.autograd.grad(scores.sum(), x)
     return grad
 

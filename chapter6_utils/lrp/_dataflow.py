@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from .._hooks import hooked, leaf_modules
+
 __all__ = ["Flow", "TRANSPARENT", "tolerance", "parting", "outputs"]
 
 TRANSPARENT = (nn.Identity, nn.Dropout)  # eval mode: the output is the input
@@ -69,21 +71,14 @@ class Flow:
         return out
 
 
-def _leaves(model):
-    return {m: n for n, m in model.named_modules() if not list(m.children())}
+_leaves = leaf_modules
 
 
 def _run_hooked(model, x, modules, pre=None, post=None):
     """``model(x)`` without gradients, with ``pre``/``post`` hooked on ``modules`` for
     this one pass (removed afterwards, also on error)."""
-    handles = [m.register_forward_pre_hook(pre) for m in modules] if pre else []
-    handles += [m.register_forward_hook(post) for m in modules] if post else []
-    try:
-        with torch.no_grad():
-            return model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    with hooked(modules, pre=pre, post=post), torch.no_grad():
+        return model(x)
 
 
 def tolerance(dtype) -> float:

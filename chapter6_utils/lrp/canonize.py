@@ -54,6 +54,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .._guard import guarded
 from ._dataflow import Flow, outputs, parting, tolerance
 
 __all__ = ["Add", "canonize", "UnsupportedLayerError", "SUPPORTED"]
@@ -328,6 +329,7 @@ def _canonize(model: nn.Module, x: torch.Tensor):
     return net, Plan(order, changed, reference)
 
 
+@guarded(x="x", grad=None)
 def canonize(model: nn.Module, x: torch.Tensor) -> nn.Module:
     """A copy of ``model`` (sharing its tensors) rewritten for LRP and checked on ``x``; see
     the module docstring.
@@ -341,14 +343,8 @@ def canonize(model: nn.Module, x: torch.Tensor) -> nn.Module:
         UnsupportedLayerError: for a called layer without a rule, a BatchNorm without an
             exact merge, or a copy whose output parts from the model's (naming where).
     """
-    from .._guard import check_input, model_guard
-
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    check_input(model, x)
-    with torch.inference_mode(False), model_guard(model):
-        net, plan = _canonize(model, x)
-        with torch.no_grad():
-            out = net(x.detach().clone())
-        plan.verify(model, net, x.detach().clone(), out)
+    net, plan = _canonize(model, x)
+    with torch.no_grad():
+        out = net(x.clone())
+    plan.verify(model, net, x.clone(), out)
     return net

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from .._guard import attribution_method, class_scores
+from .._hooks import hooked
 from .canonize import _canonize
 from .composites import Composite, chapter
 from .rules import MaxAsAverage, Rule
@@ -94,26 +95,22 @@ def _forward(model, x, target, composite, maxpool, record):
     x0 = x.detach().clone().requires_grad_(True)
     ctx = _Context(x0, record, composite=composite)
 
-    def hook_for(name, rule: Rule):
-        def hook(module, inputs, output):
-            y, branches = rule.propagate(module, inputs, output, ctx)
-            if ctx.record:
-                ctx.records.append(_Record(name, module, rule, inputs, y, branches))
-            return y
-        return hook
+    rule_of = {module: (name, rule) for name, module, rule in layers}
+    stage_of = {net.get_submodule(name): name for name in (getattr(net, "lrp_stages", ()) if record else ())}
 
-    def stage_hook(name):
-        def hook(module, inputs, output):
-            ctx.stages.append(_Stage(name, inputs[0], output))
-        return hook
+    def rule_hook(module, inputs, output):
+        name, rule = rule_of[module]
+        y, branches = rule.propagate(module, inputs, output, ctx)
+        if ctx.record:
+            ctx.records.append(_Record(name, module, rule, inputs, y, branches))
+        return y
 
-    handles = [module.register_forward_hook(hook_for(name, rule))  # on the throwaway copy only
-               for name, module, rule in layers]
-    handles += [net.get_submodule(name).register_forward_hook(stage_hook(name))
-                for name in (getattr(net, "lrp_stages", ()) if record else ())]
-    ctx.logits = net(x0)
-    for h in handles:
-        h.remove()  # the graph is built; the check below reruns the plain copy
+    def stage_hook(module, inputs, output):
+        ctx.stages.append(_Stage(stage_of[module], inputs[0], output))
+
+    # On the throwaway copy only; removed once the graph is built (the check below reruns the plain copy).
+    with hooked(rule_of, post=rule_hook), hooked(stage_of, post=stage_hook):
+        ctx.logits = net(x0)
     plan.verify(model, net, x, ctx.logits)  # the copy computes what the model computes, or an error
     scores = class_scores(ctx.logits, target, int(target.max()))
     return scores, ctx

@@ -7,6 +7,7 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 
 from .. import viz
+from .._hooks import find_layer
 from ..deconvnet import top_activations
 from ._core import explorer
 
@@ -177,8 +178,7 @@ def projection_explorer(model, images, layers, max_channel: int | None = None, k
     """
     layers = list(layers)
     if max_channel is None:
-        named = dict(model.named_modules())
-        widths = [getattr(named.get(n), "out_channels", 0) for n in layers]
+        widths = [getattr(find_layer(model, n)[1], "out_channels", 0) for n in layers]
         convs = [m.out_channels for m in model.modules() if hasattr(m, "out_channels")]
         max_channel = max(widths + [max(convs) if convs else 1]) - 1
     layer_w = widgets.Dropdown(options=layers, value=layers[0], description="layer")
