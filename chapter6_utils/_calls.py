@@ -45,7 +45,8 @@ def acquire(modules, public: bool) -> None:
             held = _HELD.get(id(m))
             if held is None:
                 continue
-            what = f"{type(modules[0]).__name__}" + (f" (its submodule {type(m).__name__})" if m is not modules[0] else "")
+            what = f"{type(modules[0]).__name__}" + (
+                f" (its submodule {type(m).__name__})" if m is not modules[0] else "")
             if held[0] != me:
                 raise ModelInUseError(
                     f"model {what} is in use by another attribution call in another thread; a method "
