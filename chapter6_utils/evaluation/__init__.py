@@ -24,6 +24,8 @@ this module measures it, on models whose shortcut is known.
 * :func:`sanity_checks` (:data:`TESTS`): cascading top-down and bottom-up, independent
   layer, eMPRT, sMPRT and data randomisation, with intervals and verdicts, randomised
   copies shared across methods.
+* :func:`evaluate`, :func:`table1`: the chapter's Table 1 beside the measured one, every
+  verdict from a rule in code (:data:`RULES`) with its interval.
 * :func:`randomization_grid`, :func:`similarity_curves`, :func:`curves_figure`,
   :func:`agreement_figure`: the figures of notebook 07.
 
@@ -34,13 +36,15 @@ from .faithfulness import (Curve, deletion_curve, insertion_curve, pointing_game
                            relevance_mass, relevance_rank_accuracy)
 from .controls import (MIN_IMAGES, MIN_SEEDS, VERDICTS, Estimate, bootstrap, constant_map, edge_map, noise_map,
                        verdict)
-from .figures import agreement_figure, curves_figure, randomization_grid, similarity_curves
+from .figures import (agreement_figure, curves_figure, faithfulness_bands, random_weight_figure, randomization_grid,
+                      similarity_bands, similarity_curves)
 from .randomization import (RandomizationResult, data_randomization, model_randomization,
                             randomization_layers, randomization_sweep, randomized_models)
 from .registry import (CONTROLS, GRADIENT_BASED, METHODS, Method, available_methods, conservation_error,
                        get_method, is_vit, method_maps, relative_cost)
 from .sanity import TESTS, SanityReport, Test, map_entropy, sanity_checks
-from .similarity import Agreement, agreement, spearman, ssim
+from .table import CHAPTER_TABLE, MEASURES, RULES, Evaluation, Table1, evaluate, table1
+from .similarity import Agreement, agreement, centred_ranks, spearman, spearman_to, ssim
 
 __all__ = ["Method", "METHODS", "get_method", "available_methods", "method_maps", "is_vit",
            "randomization_layers", "randomized_models", "model_randomization", "randomization_sweep",
@@ -49,4 +53,6 @@ __all__ = ["Method", "METHODS", "get_method", "available_methods", "method_maps"
            "pointing_game", "agreement", "Agreement", "conservation_error", "relative_cost",
            "randomization_grid", "similarity_curves", "curves_figure", "agreement_figure",
            "CONTROLS", "GRADIENT_BASED", "edge_map", "constant_map", "noise_map", "Estimate", "bootstrap", "verdict",
-           "MIN_IMAGES", "MIN_SEEDS", "VERDICTS", "TESTS", "Test", "SanityReport", "sanity_checks", "map_entropy"]
+           "MIN_IMAGES", "MIN_SEEDS", "VERDICTS", "TESTS", "Test", "SanityReport", "sanity_checks", "map_entropy",
+           "similarity_bands", "faithfulness_bands", "random_weight_figure", "CHAPTER_TABLE", "MEASURES", "RULES",
+           "Evaluation", "Table1", "evaluate", "table1", "centred_ranks", "spearman_to"]

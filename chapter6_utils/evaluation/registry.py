@@ -13,7 +13,8 @@ import torch.nn as nn
 from .. import _checks as checks
 from .._guard import check_target, model_guard
 
-__all__ = ["Method", "METHODS", "CONTROLS", "GRADIENT_BASED", "get_method", "available_methods", "method_maps", "is_vit",
+__all__ = ["Method", "METHODS", "CONTROLS", "GRADIENT_BASED", "get_method", "available_methods", "method_maps",
+           "is_vit",
            "conservation_error", "relative_cost"]
 
 
@@ -190,7 +191,8 @@ def _check_options(options, names) -> dict:
         return {}
     if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
         raise TypeError(f"options must be a dict {{method name: {{option: value}}}}, got {options!r:.80}")
-    unknown = [k for k in options if k not in names and k not in METHODS and k not in CONTROLS]  # a typo, not a method for another model
+    # a typo, not a method for another model
+    unknown = [k for k in options if k not in names and k not in METHODS and k not in CONTROLS]
     if unknown:
         raise ValueError(f"options names {unknown}, which are no methods (run: {', '.join(names)}; registered: "
                          f"{', '.join(METHODS)})")
@@ -205,8 +207,9 @@ def conservation_error(model, method, x, target, **options) -> torch.Tensor:
     says that nothing is conserved."""
     method = get_method(method)
     if not method.signed:
-        raise ValueError(f"method {method.name!r} gives an unsigned map; conservation (equation 4) is a property of "
-                         "signed relevance, and a sum of magnitudes says nothing about it (Table 1 prints n/a)")
+        raise ValueError(f"method {method.name!r} gives an unsigned map; conservation (equation 4 "
+                         "(book/equations.md)) is a property of signed relevance, and a sum of magnitudes says "
+                         "nothing about it (Table 1 prints n/a)")
     raw = method.raw(model, x, target, **options)
     total = raw.flatten(1).sum(1)
     target = check_target(target, x.shape[0], device=x.device)

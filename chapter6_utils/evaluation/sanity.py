@@ -39,7 +39,7 @@ from .._guard import check_input, check_target
 from .controls import Estimate, bootstrap, edge_map, verdict
 from .randomization import _layers, _reinitialize
 from .registry import Method, _check_options, get_method
-from .similarity import spearman
+from .similarity import centred_ranks, spearman, spearman_to
 
 __all__ = ["TESTS", "Test", "SanityReport", "sanity_checks", "map_entropy"]
 
@@ -191,10 +191,12 @@ def sanity_checks(model: nn.Module, methods, x: torch.Tensor, target, *, seeds=(
     trained = run(model)
     report.trained = trained
     smooth_trained = smooth(model) if "smprt" in tests else None
+    ranked_smooth = {n: centred_ranks(m) for n, m in smooth_trained.items()} if smooth_trained else None
     rho = {t: {n: [] for n in names} for t in tests}
     curves = {n: [] for n in names}
     random_maps = {n: [] for n in names}
     edges = edge_map(model, x, target)
+    edge_ranks = centred_ranks(edges)
     edge_rho = {n: [] for n in names}
 
     work = copy.deepcopy(model).eval()
@@ -207,8 +209,11 @@ def sanity_checks(model: nn.Module, methods, x: torch.Tensor, target, *, seeds=(
             _reinitialize(work_layers[j], s * 10_007 + j)
         return work
 
-    def sim(maps, ref=trained):
-        return {n: spearman(ref[n], maps[n]) for n in names}
+    ranked = {n: centred_ranks(trained[n]) for n in names}  # the trained side of every comparison, ranked once
+
+    def sim(maps, ref=None):
+        ref = ranked if ref is None else ref
+        return {n: spearman_to(ref[n], maps[n]) for n in names}
 
     for s in seeds:
         steps = []
@@ -226,7 +231,7 @@ def sanity_checks(model: nn.Module, methods, x: torch.Tensor, target, *, seeds=(
             if curve:
                 curves[n].append(torch.stack([torch.ones(x.shape[0])] + [st[n].cpu() for st in steps]))
             random_maps[n].append(full_maps[n].cpu())
-            edge_rho[n].append(spearman(edges, full_maps[n]).cpu())
+            edge_rho[n].append(spearman_to(edge_ranks, full_maps[n]).cpu())
         if "cascading" in tests:
             for n in names:
                 rho["cascading"][n].append(at_half[n].cpu())
@@ -243,7 +248,7 @@ def sanity_checks(model: nn.Module, methods, x: torch.Tensor, target, *, seeds=(
             for n in names:
                 rho["independent"][n].append(r[n].cpu())
         if "smprt" in tests:
-            r = sim(smooth(randomised(top)), smooth_trained)
+            r = sim(smooth(randomised(top)), ranked_smooth)
             for n in names:
                 rho["smprt"][n].append(r[n].cpu())
     work.load_state_dict(state)
