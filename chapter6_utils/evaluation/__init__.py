@@ -26,6 +26,8 @@ this module measures it, on models whose shortcut is known.
   copies shared across methods.
 * :func:`evaluate`, :func:`table1`: the chapter's Table 1 beside the measured one, every
   verdict from a rule in code (:data:`RULES`) with its interval.
+* :func:`ruler_effect` (the ruler's true effect by intervention, per image) and
+  :func:`meta_evaluation` (Kendall tau of each metric's order of the methods with it).
 * :func:`randomization_grid`, :func:`similarity_curves`, :func:`curves_figure`,
   :func:`agreement_figure`: the figures of notebook 07.
 
@@ -43,6 +45,7 @@ from .randomization import (RandomizationResult, data_randomization, model_rando
 from .registry import (CONTROLS, GRADIENT_BASED, METHODS, Method, available_methods, conservation_error,
                        get_method, is_vit, method_maps, relative_cost)
 from .sanity import TESTS, SanityReport, Test, map_entropy, sanity_checks
+from .intervention import MetaEvaluation, RulerEffect, kendall_tau, meta_evaluation, ruler_effect
 from .table import CHAPTER_TABLE, MEASURES, RULES, Evaluation, Table1, evaluate, table1
 from .similarity import Agreement, agreement, centred_ranks, spearman, spearman_to, ssim
 
@@ -55,4 +58,5 @@ __all__ = ["Method", "METHODS", "get_method", "available_methods", "method_maps"
            "CONTROLS", "GRADIENT_BASED", "edge_map", "constant_map", "noise_map", "Estimate", "bootstrap", "verdict",
            "MIN_IMAGES", "MIN_SEEDS", "VERDICTS", "TESTS", "Test", "SanityReport", "sanity_checks", "map_entropy",
            "similarity_bands", "faithfulness_bands", "random_weight_figure", "CHAPTER_TABLE", "MEASURES", "RULES",
-           "Evaluation", "Table1", "evaluate", "table1", "centred_ranks", "spearman_to"]
+           "Evaluation", "Table1", "evaluate", "table1", "centred_ranks", "spearman_to",
+           "RulerEffect", "ruler_effect", "MetaEvaluation", "meta_evaluation", "kendall_tau"]
