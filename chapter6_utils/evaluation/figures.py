@@ -141,6 +141,8 @@ def _band(values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean and 95% percentile-bootstrap band of (P, ...) values per point p, resampling
     everything after the first axis (images, or seeds x images) as one pool."""
     v = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+    if np.isnan(v).all():  # the constant control: no ranking, nothing to draw
+        return (np.full(len(v), np.nan),) * 3
     rng = np.random.default_rng(0)
     idx = rng.integers(0, v.shape[1], size=(1000, v.shape[1]))
     means = np.nanmean(v[:, idx], axis=2)  # (P, 1000)

@@ -207,9 +207,9 @@ def conservation_error(model, method, x, target, **options) -> torch.Tensor:
     says that nothing is conserved."""
     method = get_method(method)
     if not method.signed:
-        raise ValueError(f"method {method.name!r} gives an unsigned map; conservation (equation 4 "
-                         "(book/equations.md)) is a property of signed relevance, and a sum of magnitudes says "
-                         "nothing about it (Table 1 prints n/a)")
+        raise ValueError(f"method {method.name!r} gives an unsigned map; conservation "
+                         "(equation 4 (book/equations.md)) is a property of signed relevance, and a sum of "
+                         "magnitudes says nothing about it (Table 1 prints n/a)")
     raw = method.raw(model, x, target, **options)
     total = raw.flatten(1).sum(1)
     target = check_target(target, x.shape[0], device=x.device)
