@@ -35,3 +35,21 @@ def test_the_shortcut_model_has_a_ruler_effect_the_clean_one_has_not():
     assert shortcut.rho["gradient"].n_images == 48
     with pytest.raises(ValueError, match="n"):
         ev.ruler_effect(models.load("lesion_cnn"), methods, n=8)
+
+
+def test_meta_evaluation_orders_metrics_by_their_tau_with_intervals():
+    methods = ["gradient", "saliency", "gradient_x_input"]
+    evaluation = ev.evaluate(methods=methods, tests=["independent"], steps=4)
+    truth = ev.ruler_effect(models.load("lesion_cnn"), methods, n=48)
+    meta = ev.meta_evaluation(evaluation, truth, baselines=("blur",), steps=4, n_boot=200)
+    assert meta.methods == methods
+    assert set(meta.tau) == {"MPRT: independent", "deletion AUC (blur)", "insertion AUC (blur)",
+                             "relevance mass (ruler)", "rank accuracy (ruler)", "pointing game (ruler)"}
+    for name, est in meta.tau.items():
+        assert est.value != est.value or -1 <= est.low <= est.value <= est.high <= 1, (name, est)
+    # the score behind each tau: a lower deletion area is better, so the score is its negative
+    assert all(v <= 0 for v in meta.scores["deletion AUC (blur)"].values())
+    taus = [e.value for _, e in meta.ranking() if e.value == e.value]
+    assert taus == sorted(taus, reverse=True) and "Kendall tau" in str(meta)
+    with pytest.raises(ValueError, match="at least 3 methods"):
+        ev.meta_evaluation(evaluation, ev.ruler_effect(models.load("lesion_cnn"), ["gradient"], n=32))
