@@ -216,7 +216,7 @@ def _check_args(n, split, seed):
         raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
 
 
-def make_lesions(n: int, split: str = "biased", seed: int = 0) -> LesionSet:
+def make_lesions(n: int, split: str = "biased", seed: int = 0, *, draw_rulers: bool = True) -> LesionSet:
     """Generate ``n`` synthetic dermoscopy images with lesion and ruler masks.
 
     Parameters
@@ -230,6 +230,12 @@ def make_lesions(n: int, split: str = "biased", seed: int = 0) -> LesionSet:
         benign and 5% of malignant lesions (:data:`SPLITS`).
     seed : int, default 0
         In [0, 2**63); the same arguments give identical tensors, bit for bit.
+    draw_rulers : bool, default True
+        False renders each image as it would be without its ruler: every random draw is the
+        same, so every other pixel is identical bit for bit (the ruler's pixels show the skin
+        beneath, its vignetting and noise). ``has_ruler`` and ``ruler_mask`` still say where
+        the ruler would have been. An intervention: the ruler's true effect on a model is the
+        change between the two renderings.
 
     Returns
     -------
@@ -241,8 +247,12 @@ def make_lesions(n: int, split: str = "biased", seed: int = 0) -> LesionSet:
     ------
     ValueError
         For ``n < 1``, an unknown split or a seed that is not an int in [0, 2**63).
+    TypeError
+        For a ``draw_rulers`` that is not True or False.
     """
     _check_args(n, split, seed)
+    if not isinstance(draw_rulers, bool):
+        raise TypeError(f"draw_rulers must be True or False, got {draw_rulers!r}")
     rng = np.random.default_rng(int(seed))
     labels = rng.permutation(np.arange(n) % 2)
     p_benign, p_malignant = SPLITS[split]
@@ -252,7 +262,7 @@ def make_lesions(n: int, split: str = "biased", seed: int = 0) -> LesionSet:
     out = {k: [] for k in ("images", "lesion", "ruler")}
     for start in range(0, n, _CHUNK):
         stop = min(n, start + _CHUNK)
-        img, les, rul = _render(rng, malignancy[start:stop], has_ruler[start:stop])
+        img, les, rul = _render(rng, malignancy[start:stop], has_ruler[start:stop], draw_rulers)
         out["images"].append(img)
         out["lesion"].append(les)
         out["ruler"].append(rul)
@@ -293,7 +303,7 @@ def _smooth_noise(rng, n, channels, coarse, size=IMAGE_SIZE):
     return F.interpolate(z, size=(size, size), mode="bilinear", align_corners=False)
 
 
-def _render(rng, m, has_ruler):
+def _render(rng, m, has_ruler, draw_rulers=True):
     """Render one chunk. Returns images (n,3,H,W), lesion mask and ruler mask (n,H,W)."""
     n = m.shape[0]
     S = IMAGE_SIZE
@@ -390,7 +400,8 @@ def _render(rng, m, has_ruler):
         tick = on_tick & ((dist - off) < tick_len)
         ruler_rgb = strip * (1 - r_(tick_depth).unsqueeze(1) * tick.unsqueeze(1).float())
         idx = torch.from_numpy(rows)
-        img[idx] = torch.where(mask.unsqueeze(1), ruler_rgb, img[idx])
+        if draw_rulers:
+            img[idx] = torch.where(mask.unsqueeze(1), ruler_rgb, img[idx])
         ruler_mask[idx] = mask
 
     # --- vignetting and sensor noise

@@ -286,4 +286,4 @@ def test_gradient_x_input_conserves_on_a_bias_free_linear_model(cnn, ruled):
 
 def test_relative_cost(cnn, ruled):
     x = normalize(ruled.images[:2])
-    assert ev.relative_cost(cnn, "smoothgrad", x, 1, n_samples=25) > 3
+    assert ev.relative_cost(cnn, "smoothgrad", x, 1, n_samples=25) > 3  # 25 forward and backward passes

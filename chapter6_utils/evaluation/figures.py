@@ -8,7 +8,8 @@ import numpy as np
 
 from .. import _checks, viz
 
-__all__ = ["randomization_grid", "similarity_curves", "curves_figure", "agreement_figure"]
+__all__ = ["randomization_grid", "similarity_curves", "curves_figure", "agreement_figure", "similarity_bands",
+           "faithfulness_bands", "random_weight_figure"]
 
 
 def _check_results(results, name, what):
@@ -133,4 +134,101 @@ def agreement_figure(result, labels: dict | None = None):
     cb = fig.colorbar(im, ax=ax, fraction=0.046)
     cb.set_label("mean Spearman ρ of |map| (signed scale, −1 to 1)", fontsize=8)
     ax.set_title("Agreement between methods (rank correlation of |map|, mean over images)", fontsize=9)
+    return fig
+
+
+def _band(values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and 95% percentile-bootstrap band of (P, ...) values per point p, resampling
+    everything after the first axis (images, or seeds x images) as one pool."""
+    v = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+    if np.isnan(v).all():  # the constant control: no ranking, nothing to draw
+        return (np.full(len(v), np.nan),) * 3
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, v.shape[1], size=(1000, v.shape[1]))
+    means = np.nanmean(v[:, idx], axis=2)  # (P, 1000)
+    return np.nanmean(v, 1), np.nanpercentile(means, 2.5, axis=1), np.nanpercentile(means, 97.5, axis=1)
+
+
+def similarity_bands(report, labels: dict | None = None, methods=None):
+    """Spearman ρ with the trained map after each cascading step (output first): the mean
+    over seeds and images, with its 95% bootstrap band (``report``: a SanityReport run
+    with ``curve=True``). The dotted line marks the test's step, the top half."""
+    if not getattr(report, "curve", None):
+        raise ValueError("report has no curve: run evaluation.sanity_checks(..., curve=True)")
+    labels = labels or report.labels
+    methods = [m for m in (methods or report.methods) if m in report.curve]
+    fig, ax = plt.subplots(figsize=(7.5, 4.0), layout="constrained")
+    k = len(report.layers)
+    steps = np.arange(k + 1)
+    for name in methods:
+        mean, lo, hi = _band(report.curve[name].cpu().numpy())
+        control = name in ("edge", "constant", "noise")
+        line, = ax.plot(steps, mean, marker="o", ms=3, ls="--" if control else "-", label=labels.get(name, name))
+        ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.18)
+    ax.axvline(k // 2, color="grey", ls=":", lw=1)
+    ax.axhline(0, color="grey", lw=0.6)
+    names = ["trained"] + [f"→ {n}" for n in reversed(report.layers)]
+    ax.set_xticks(steps, names, rotation=60, fontsize=7, ha="right")
+    ax.set_ylim(-0.3, 1.05)
+    ax.set_ylabel("Spearman ρ of |map| with the trained map")
+    ax.legend(fontsize=7, loc="lower left", ncol=2)
+    ax.set_title("Cascading randomisation, output first: mean over seeds x images, band: 95% bootstrap interval; "
+                 "dotted: the step the verdict reads", fontsize=8, wrap=True)
+    return fig
+
+
+def faithfulness_bands(curves: dict, labels: dict | None = None):
+    """Deletion and insertion curves, mean over images with a 95% bootstrap band.
+    ``curves``: {name: (deletion Curve, insertion Curve)}; controls drawn dashed."""
+    _check_results(curves, "curves", "(deletion Curve, insertion Curve)")
+    labels = labels or {}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.9), layout="constrained")
+    for name, pair in curves.items():
+        for ax, c in zip(axes, pair):
+            mean, lo, hi = _band(c.scores.cpu().numpy().T)
+            f = c.fractions.cpu().numpy()
+            control = name in ("edge", "constant", "noise")
+            line, = ax.plot(f, mean, ls="--" if control else "-", lw=1.2, label=labels.get(name, name))
+            ax.fill_between(f, lo, hi, color=line.get_color(), alpha=0.15)
+    first = next(iter(curves.values()))
+    for ax, c, better in zip(axes, first, ("lower", "higher")):
+        ax.set_xlabel(f"share of pixels {'removed' if c.kind == 'deletion' else 'inserted'}, in the map's order")
+        ax.set_ylabel("probability of 'malignant'")
+        ax.set_title(f"{c.kind.capitalize()} (baseline: {c.baseline}); {better} area = more faithful; "
+                     "band: 95% bootstrap interval over images", fontsize=8)
+        ax.legend(fontsize=6)
+    return fig
+
+
+def random_weight_figure(report, image, index: int = 0, seed_index: int = 0, labels: dict | None = None,
+                         methods=None, percentile: float = viz.PERCENTILE):
+    """The random-weight lesson: image ``index``, its edge map, and each method's |map| on
+    the trained network (top row) and on the fully random network of seed
+    ``seed_index`` (bottom row), each panel scaled to its own ``percentile``."""
+    labels = labels or report.labels
+    methods = [m for m in (methods or report.methods) if m not in ("constant", "noise", "edge")]
+    n = len(methods) + 2
+    fig, axes = plt.subplots(2, n, figsize=(1.55 * n + 0.8, 3.6), squeeze=False, layout="constrained")
+    axes[0, 0].imshow(viz.display_image(image))
+    axes[0, 0].set_title("input", fontsize=7)
+    edge = report.trained["edge"][index].abs().cpu().numpy() if "edge" in report.trained else None
+    im = None
+    for row, where in enumerate(("trained", "random")):
+        if edge is not None:
+            im = axes[row, 1].imshow(edge / viz.robust_max(edge, percentile), cmap=viz.SEQUENTIAL_CMAP, vmin=0,
+                                     vmax=1)
+            axes[row, 1].set_title("edge control", fontsize=7)
+        for j, m in enumerate(methods):
+            maps = report.trained[m][index] if where == "trained" else report.random[m][seed_index, index]
+            a = maps.abs().cpu().numpy()
+            im = axes[row, j + 2].imshow(a / viz.robust_max(a, percentile), cmap=viz.SEQUENTIAL_CMAP, vmin=0, vmax=1)
+            axes[row, j + 2].set_title(f"{labels.get(m, m)}\n{where}", fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[1, 0].axis("off")
+    cb = fig.colorbar(im, ax=axes, fraction=0.02, pad=0.01, extend="max")
+    cb.set_label(f"|map| / its {percentile:g}th percentile", fontsize=7)
+    fig.suptitle("Maps of the trained network (top) and of the same network with every layer re-initialised "
+                 "(bottom). Unsigned |map|, inferno, each panel scaled on its own.", fontsize=8)
     return fig

@@ -40,16 +40,41 @@ def spearman(a: torch.Tensor, b: torch.Tensor, absolute: bool = True) -> torch.T
     (equation 15 (book/equations.md)). Ties get average ranks; a constant map gives NaN (no ranking to compare).
     """
     _check_pair(a, b)
-    a, b = a.flatten(1).double(), b.flatten(1).double()
-    if absolute:
-        a, b = a.abs(), b.abs()
-    out = []
-    for u, v in zip(a, b):
-        ru, rv = _ranks(u), _ranks(v)
-        ru, rv = ru - ru.mean(), rv - rv.mean()
-        den = (ru.square().sum() * rv.square().sum()).sqrt()
-        out.append(ru @ rv / den if den > 0 else torch.tensor(float("nan"), dtype=den.dtype, device=den.device))
-    return torch.stack(out).float()
+    return spearman_to(centred_ranks(a, absolute), b, absolute)
+
+
+def centred_ranks(a: torch.Tensor, absolute: bool = True) -> torch.Tensor:
+    """(N, P) ranks of each map's pixels (of |a| with ``absolute``), ties averaged, minus
+    their mean: one side of :func:`spearman`, computed once for a map compared often."""
+    a = a.detach().flatten(1)
+    r = _row_ranks(a.abs() if absolute else a).double()
+    return r - r.mean(1, keepdim=True)
+
+
+def spearman_to(ref: torch.Tensor, b: torch.Tensor, absolute: bool = True) -> torch.Tensor:
+    """:func:`spearman` of maps ``b`` (N, H, W) against :func:`centred_ranks` ``ref``."""
+    rb = centred_ranks(b, absolute).to(ref.device)
+    den = (ref.square().sum(1) * rb.square().sum(1)).sqrt()
+    rho = (ref * rb).sum(1) / den.clamp_min(torch.finfo(den.dtype).tiny)
+    return torch.where(den > 0, rho, torch.full_like(rho, float("nan"))).float()
+
+
+def _row_ranks(v: torch.Tensor) -> torch.Tensor:
+    """1-based ranks of each row of (N, P), ties averaged (as :func:`_ranks`), all rows at
+    once: within a row, a run of equal sorted values shares the mean of its positions."""
+    n, p = v.shape
+    sorted_v, order = v.sort(dim=1)
+    new_group = torch.ones_like(sorted_v, dtype=torch.long)
+    new_group[:, 1:] = (sorted_v[:, 1:] != sorted_v[:, :-1]).long()
+    group = new_group.cumsum(1) - 1 + torch.arange(n, device=v.device)[:, None] * p  # unique id per row and run
+    position = torch.arange(1, p + 1, device=v.device, dtype=v.dtype).expand(n, p)
+    total = torch.zeros(n * p, device=v.device, dtype=v.dtype).index_add_(0, group.flatten(), position.flatten())
+    count = torch.zeros(n * p, device=v.device, dtype=v.dtype).index_add_(0, group.flatten(),
+                                                                           torch.ones_like(position).flatten())
+    average = (total / count.clamp_min(1))[group]
+    ranks = torch.empty_like(v)
+    ranks.scatter_(1, order, average)
+    return ranks
 
 
 def _unit_scale(m: torch.Tensor, percentile: float = 99.0) -> torch.Tensor:
