@@ -203,7 +203,8 @@ def sanity_checks(model: nn.Module, methods, x: torch.Tensor, target, *, seeds=(
     work_layers = _layers(work)
     state = {key: v.clone() for key, v in work.state_dict().items()}
 
-    def randomised(idx):
+    def randomised(idx, s):
+        """The trained weights with the layers ``idx`` re-drawn from randomisation seed ``s``."""
         work.load_state_dict(state)
         for j in idx:
             _reinitialize(work_layers[j], s * 10_007 + j)
@@ -219,14 +220,14 @@ def sanity_checks(model: nn.Module, methods, x: torch.Tensor, target, *, seeds=(
         steps = []
         if curve:  # every cascading step, output first; steps `half` and `k` serve the tests
             for i in range(1, k + 1):
-                maps_i = run(randomised(range(k - 1, k - 1 - i, -1)))
+                maps_i = run(randomised(range(k - 1, k - 1 - i, -1), s))
                 steps.append(sim(maps_i))
                 if i == half:
                     at_half = steps[-1]
             full_maps = maps_i
         else:
-            at_half = sim(run(randomised(top))) if "cascading" in tests else None
-            full_maps = run(randomised(range(k)))
+            at_half = sim(run(randomised(top, s))) if "cascading" in tests else None
+            full_maps = run(randomised(range(k), s))
         for n in names:
             if curve:
                 curves[n].append(torch.stack([torch.ones(x.shape[0])] + [st[n].cpu() for st in steps]))
@@ -240,15 +241,15 @@ def sanity_checks(model: nn.Module, methods, x: torch.Tensor, target, *, seeds=(
                 h0, h1 = map_entropy(trained[n]), map_entropy(full_maps[n])
                 rho["emprt"][n].append(torch.where(h0 > 0, (h1 - h0) / h0, torch.full_like(h0, float("nan"))))
         if "bottom_up" in tests:
-            r = sim(run(randomised(range(half))))
+            r = sim(run(randomised(range(half), s)))
             for n in names:
                 rho["bottom_up"][n].append(r[n].cpu())
         if "independent" in tests:
-            r = sim(run(randomised([k - 1])))
+            r = sim(run(randomised([k - 1], s)))
             for n in names:
                 rho["independent"][n].append(r[n].cpu())
         if "smprt" in tests:
-            r = sim(smooth(randomised(top)), ranked_smooth)
+            r = sim(smooth(randomised(top, s)), ranked_smooth)
             for n in names:
                 rho["smprt"][n].append(r[n].cpu())
     work.load_state_dict(state)
