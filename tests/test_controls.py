@@ -126,7 +126,7 @@ def test_no_gradient_based_method_costs_less_than_a_forward_and_backward(cnn, x3
     x = x32[:8]
     for name in ev.GRADIENT_BASED:
         m = ev.get_method(name)
-        if m.is_available() and m.applies_to(cnn):
+        if m.applies_to(cnn):
             assert ev.relative_cost(cnn, name, x, MALIGNANT) >= 0.8, name
     with pytest.raises(ValueError, match="repeat"):
         ev.relative_cost(cnn, "gradient", x, MALIGNANT, repeat=5)

@@ -13,6 +13,7 @@ import torch.nn as nn
 # tool) sees what evaluation depends on; none of them imports evaluation, so no cycle.
 from .. import _checks as checks
 from .. import attention, deconvnet, lrp, saliency
+from . import controls
 from .._guard import check_target, model_guard
 
 __all__ = ["Method", "METHODS", "CONTROLS", "GRADIENT_BASED", "get_method", "available_methods", "method_maps",
@@ -136,9 +137,9 @@ METHODS.update([
 #: Maps that ignore the model (``evaluation.controls``), called as methods are and run
 #: through every test as reference rows: a verdict rule that one of them passes is no rule.
 CONTROLS: dict[str, Method] = dict([
-    _m("edge", "evaluation.controls:edge_map", False, "value", "Control: input edges", reduce=None),
-    _m("constant", "evaluation.controls:constant_map", False, "value", "Control: constant", reduce=None),
-    _m("noise", "evaluation.controls:noise_map", False, "value", "Control: uniform noise", reduce=None),
+    _m("edge", controls.edge_map, False, "value", "Control: input edges", reduce=None),
+    _m("constant", controls.constant_map, False, "value", "Control: constant", reduce=None),
+    _m("noise", controls.noise_map, False, "value", "Control: uniform noise", reduce=None),
 ])
 
 #: Methods that compute a gradient of the model (a backward pass, or one per sample).
