@@ -2,7 +2,12 @@
 
 * :func:`concept_relevance` (conditional LRP, the input relevance that flows through
   chosen channels) and :func:`channel_relevance` (each channel's share): :mod:`.core`.
+* The shortcut hunt: :func:`rank_channels` (no masks), then :func:`mask_share` (scored
+  with masks), :func:`ablate_channels` and :func:`intervene` (zeroed on a copy):
+  :mod:`.hunt`.
 """
 from .core import channel_relevance, concept_relevance
+from .hunt import ChannelRanking, Intervention, ablate_channels, intervene, mask_share, rank_channels
 
-__all__ = ["concept_relevance", "channel_relevance"]
+__all__ = ["concept_relevance", "channel_relevance", "ChannelRanking", "rank_channels", "mask_share",
+           "ablate_channels", "Intervention", "intervene"]

@@ -5,6 +5,7 @@ Kept apart so that it can later be switched to the package's shared hook recorde
 """
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
 __all__ = ["resolve_layer", "capture_output", "zero_channels"]
@@ -44,6 +45,10 @@ def zero_channels(module: nn.Module, channels):
     idx = list(channels)
 
     def hook(mod, inputs, output):
+        if not isinstance(output, torch.Tensor) or output.dim() != 4:
+            raise ValueError(f"{type(mod).__name__} outputs no (N, C, H, W) feature map: no channels to zero")
+        if max(idx) >= output.shape[1]:
+            raise ValueError(f"channel {max(idx)} is out of range: the layer has {output.shape[1]} channels")
         out = output.clone()
         out[:, idx] = 0
         return out

@@ -47,15 +47,15 @@ def _method(fn):
     return wrapper
 
 
-def _layer_forward(model, x, target, layer, composite, maxpool):
-    """One LRP forward pass of the canonised copy with the rules hooked in and the output
-    of ``layer`` captured. Returns (scores with their graph, input leaves, the layer's
-    output (N, K, h, w) with its graph, the layer's name)."""
+def _layer_forward(model, x, target, layers, composite, maxpool):
+    """One LRP forward pass of the canonised copy with the rules hooked in and the outputs
+    of ``layers`` (a list of names or submodules) captured. Returns (scores with their
+    graph, input leaves, the layers' outputs (N, K, h, w) with their graph, their names)."""
     if is_transformer(model):
         raise TypeError(f"{type(model).__name__} is a transformer: concept relevance here conditions on the "
                         "channels of a convolutional feature map (N, C, H, W); use a CNN such as lesion_cnn")
-    name = _hooks.resolve_layer(model, layer)
-    net, plan, layers, composite = _prepare(model, x, composite, maxpool)
+    names = [_hooks.resolve_layer(model, layer) for layer in layers]
+    net, plan, rule_layers, composite = _prepare(model, x, composite, maxpool)
     x0 = x.detach().clone().requires_grad_(True)
     ctx = _Context(x0, False, composite=composite)
 
@@ -64,42 +64,42 @@ def _layer_forward(model, x, target, layer, composite, maxpool):
             return rule.propagate(module, inputs, output, ctx)[0]
         return hook
 
-    handles = [module.register_forward_hook(hook_for(rule)) for _, module, rule in layers]
-    store: list = []
-    try:
-        target_module = net.get_submodule(name)
-    except AttributeError:  # canonisation replaced it (a BatchNorm merged away)
-        target_module = None
-    if target_module is None:
-        for h in handles:
-            h.remove()
-        raise ValueError(f"layer '{name}' does not exist in the canonised network LRP explains (a BatchNorm "
-                         "merged into its convolution is gone); condition on the convolution or its ReLU instead")
-    handles.append(_hooks.capture_output(target_module, store))  # after the rule hooks: sees their output
+    targets = dict(net.named_modules())
+    for name in names:
+        if name not in targets:  # canonisation replaced it (a BatchNorm merged away)
+            raise ValueError(f"layer '{name}' does not exist in the canonised network LRP explains (a BatchNorm "
+                             "merged into its convolution is gone); condition on the convolution or its ReLU")
+    handles = [module.register_forward_hook(hook_for(rule)) for _, module, rule in rule_layers]
+    stores = [[] for _ in names]
+    # after the rule hooks: they see the rules' outputs, whose gradient is the relevance per unit
+    handles += [_hooks.capture_output(targets[name], store) for name, store in zip(names, stores)]
     try:
         logits = net(x0)
     finally:
         for h in handles:
             h.remove()
     plan.verify(model, net, x, logits)
-    module = model.get_submodule(name)
-    if not store:
-        raise ValueError(f"layer '{name}' ({type(module).__name__}) is never called by the model's forward; "
-                         "choose a layer on the path from input to output")
-    if len(store) > 1:
-        raise ValueError(f"layer '{name}' ({type(module).__name__}) is called {len(store)} times in one forward "
-                         "pass: its channels are not one feature map; choose a layer called once")
-    h = store[0]
-    if not isinstance(h, torch.Tensor) or h.dim() != 4:
-        shape = tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__
-        raise ValueError(f"layer '{name}' ({type(module).__name__}) outputs {shape}, which has no channels: "
-                         "concept relevance needs a feature map (N, C, H, W); choose a convolution, its ReLU "
-                         "or a pooling layer (e.g. 'features.10' in lesion_cnn)")
-    if not h.requires_grad:
-        raise ValueError(f"layer '{name}' ({type(module).__name__}): no relevance reaches its output (the "
-                         "output does not depend on the input through autograd)")
+    outs = []
+    for name, store in zip(names, stores):
+        module = model.get_submodule(name)
+        if not store:
+            raise ValueError(f"layer '{name}' ({type(module).__name__}) is never called by the model's forward; "
+                             "choose a layer on the path from input to output")
+        if len(store) > 1:
+            raise ValueError(f"layer '{name}' ({type(module).__name__}) is called {len(store)} times in one "
+                             "forward pass: its channels are not one feature map; choose a layer called once")
+        h = store[0]
+        if not isinstance(h, torch.Tensor) or h.dim() != 4:
+            shape = tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__
+            raise ValueError(f"layer '{name}' ({type(module).__name__}) outputs {shape}, which has no channels: "
+                             "concept relevance needs a feature map (N, C, H, W); choose a convolution, its "
+                             "ReLU or a pooling layer (e.g. 'features.10' in lesion_cnn)")
+        if not h.requires_grad:
+            raise ValueError(f"layer '{name}' ({type(module).__name__}): no relevance reaches its output (the "
+                             "output does not depend on the input through autograd)")
+        outs.append(h)
     scores = class_scores(logits, target, int(target.max()))
-    return scores, [ctx.input] + ctx.extra_leaves, h, name
+    return scores, [ctx.input] + ctx.extra_leaves, outs, names
 
 
 def _channel_list(channels, k: int, name: str) -> list:
@@ -153,7 +153,7 @@ def concept_relevance(model, x, target, layer, channels, *, composite=None, maxp
         TypeError: non-integer channels; a transformer.
         chapter6_utils.lrp.UnsupportedLayerError: a model LRP cannot run (it names the module).
     """
-    scores, leaves, h, name = _layer_forward(model, x, target, layer, composite, maxpool)
+    scores, leaves, (h,), (name,) = _layer_forward(model, x, target, [layer], composite, maxpool)
     idx = _channel_list(channels, h.shape[1], name)
     g_h, = torch.autograd.grad(scores.sum(), h, retain_graph=True)
     mask = torch.zeros(h.shape[1], dtype=h.dtype, device=h.device)
@@ -184,13 +184,22 @@ def channel_relevance(model, x, target, layer, *, composite=None, maxpool: str =
     """
     if not isinstance(normalise, bool):
         raise TypeError(f"normalise must be True or False, got {normalise!r}")
-    scores, _, h, _ = _layer_forward(model, x, target, layer, composite, maxpool)
-    g_h, = torch.autograd.grad(scores.sum(), h)
-    r = (h.detach() * g_h).sum((2, 3))
-    if not normalise:
-        return r
-    total = r.abs().sum(1, keepdim=True)
-    if bool((total == 0).any()):
-        raise ValueError("no relevance reaches this layer for some image (the class score is zero there), "
-                         "so shares are undefined; use normalise=False")
-    return r / total
+    return _channel_relevance(model, x, target, [layer], composite, maxpool, normalise)[0]
+
+
+def _channel_relevance(model, x, target, layers, composite, maxpool, normalise):
+    """:func:`channel_relevance` for several layers from one forward and one backward pass
+    (model already guarded): a list of (N, K_l) tensors."""
+    scores, _, hs, _ = _layer_forward(model, x, target, layers, composite, maxpool)
+    grads = torch.autograd.grad(scores.sum(), hs)
+    out = []
+    for h, g in zip(hs, grads):
+        r = (h.detach() * g).sum((2, 3))
+        if normalise:
+            total = r.abs().sum(1, keepdim=True)
+            if bool((total == 0).any()):
+                raise ValueError("no relevance reaches this layer for some image (the class score is zero there), "
+                                 "so shares are undefined; use normalise=False")
+            r = r / total
+        out.append(r)
+    return out
