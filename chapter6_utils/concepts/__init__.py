@@ -5,9 +5,12 @@
 * The shortcut hunt: :func:`rank_channels` (no masks), then :func:`mask_share` (scored
   with masks), :func:`ablate_channels` and :func:`intervene` (zeroed on a copy):
   :mod:`.hunt`.
+* The data-set view: :func:`spray` (spectral relevance analysis, clusters of LRP maps)
+  and :func:`purity`: :mod:`.clusters`.
 """
 from .core import channel_relevance, concept_relevance
 from .hunt import ChannelRanking, Intervention, ablate_channels, intervene, mask_share, rank_channels
+from .clusters import Spray, purity, spray
 
 __all__ = ["concept_relevance", "channel_relevance", "ChannelRanking", "rank_channels", "mask_share",
-           "ablate_channels", "Intervention", "intervene"]
+           "ablate_channels", "Intervention", "intervene", "Spray", "spray", "purity"]
