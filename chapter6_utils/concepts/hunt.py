@@ -171,16 +171,23 @@ def _paired_se(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def intervene(model: nn.Module, layer, channels, *, n: int = 1000, seed: int = EVAL_SEED) -> Intervention:
+def intervene(model: nn.Module, layer, channels, *, n: int = 1000, seed: int = EVAL_SEED,
+              unbiased=None, swapped=None) -> Intervention:
     """Zero ``channels`` of ``layer`` on a copy (:func:`ablate_channels`) and measure, on
     fresh lesions (``seed``, ``n`` per split), the ruler's log-odds gain (rulers of the
     unbiased split's ruler images pasted onto its ruler-free ones, :func:`paste_rulers`)
-    and the accuracy on the swapped and unbiased splits, before and after."""
+    and the accuracy on the swapped and unbiased splits, before and after.
+
+    ``unbiased``, ``swapped``: LesionSets to use instead of fresh ones (to compare several
+    interventions on the same images without generating them again)."""
     n = checks.integer(n, "n", low=4, hint="lesions per split")
     ablated = ablate_channels(model, layer, channels)
     p = next(model.parameters())
-    unbiased = make_lesions(n, "unbiased", seed=seed)
-    swapped = make_lesions(n, "swapped", seed=seed + 1)
+    unbiased = make_lesions(n, "unbiased", seed=seed) if unbiased is None else unbiased
+    swapped = make_lesions(n, "swapped", seed=seed + 1) if swapped is None else swapped
+    for name, d in (("unbiased", unbiased), ("swapped", swapped)):
+        if not hasattr(d, "images") or not hasattr(d, "has_ruler"):
+            raise TypeError(f"{name} must be a LesionSet (synthetic.make_lesions), got {type(d).__name__}")
     free, donor = unbiased.select(ruler=False), unbiased.select(ruler=True)
     k = min(len(free), len(donor))
     free, donor = free[:k], donor[:k]
