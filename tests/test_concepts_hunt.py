@@ -3,7 +3,7 @@ ablation on a copy and the intervention's measurements."""
 import pytest
 import torch
 
-from chapter6_utils import concepts, models, synthetic
+from chapter6_utils import concepts, data, lrp, models, synthetic
 from chapter6_utils.data import normalize
 
 
@@ -80,3 +80,43 @@ def test_intervene_measures_before_and_after(cnn):
     assert result.gain[1] == pytest.approx(0.0, abs=1e-5) and result.gain[0] > 0
     assert result.n["swapped"] == 40 and result.n["pasted"] > 0
     assert "log-odds" in str(result)
+
+
+# --------------------------------------------------------------------------- reference images
+def test_reference_images_by_activation_and_by_relevance(cnn, lesions):
+    x = normalize(lesions.images)
+    layer, channel = "features.10", 5
+    act = concepts.reference_images(cnn, x, 1, layer, channel, k=4, mode="activation", batch_size=5)
+    rel = concepts.reference_images(cnn, x, 1, layer, channel, k=4, mode="relevance")
+    # ActMax by hand: each image's strongest activation of the channel
+    seen = []
+    hook = cnn.features[10].register_forward_hook(lambda m, i, o: seen.append(o))
+    with torch.no_grad():
+        cnn(x)
+    hook.remove()
+    best = seen[0][:, channel].flatten(1).max(1).values
+    assert act.index.tolist() == best.topk(4).indices.tolist()
+    assert torch.allclose(act.value, best.topk(4).values, atol=1e-5)
+    # RelMax by hand: the relevance at the layer's output, per position
+    for r in (act, rel):
+        assert len(r.patch) == 4 and all(p.shape[0] == 3 for p in r.patch)
+        for (t, lft, b, rt), p in zip(r.box, r.patch):
+            assert p.shape[1:] == (b - t, rt - lft) and 0 < b - t <= 64
+    assert all(a >= b for a, b in zip(rel.value, rel.value[1:]))
+    # RelMax against zennit-crp's relevance at the layer's output, position by position
+    crp_attribution = pytest.importorskip("crp.attribution")
+    from zennit.composites import EpsilonGammaBox
+    from zennit.torchvision import VGGCanonizer
+
+    low, high = data.pixel_bounds_like(x)
+    composite = EpsilonGammaBox(low=low, high=high, epsilon=1e-6, gamma=0.25, canonizers=[VGGCanonizer()])
+    res = crp_attribution.CondAttribution(cnn)(x.clone().requires_grad_(True), [{"y": [1]}], composite,
+                                                record_layer=[layer])
+    theirs = res.relevances[layer][:, channel].flatten(1).max(1).values
+    ours = concepts.reference_images(cnn, x, 1, layer, channel, k=4, composite=lrp.epsilon_gamma_box())
+    assert ours.index.tolist() == theirs.topk(4).indices.tolist()
+    assert torch.allclose(ours.value, theirs.topk(4).values, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="mode"):
+        concepts.reference_images(cnn, x, 1, layer, channel, mode="gradient")
+    with pytest.raises(ValueError, match="out of range"):
+        concepts.reference_images(cnn, x, 1, layer, 64)
