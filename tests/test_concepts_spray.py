@@ -13,7 +13,8 @@ def planted(n_per=30, places=((4, 4), (4, 24), (24, 14)), seed=0):
     for j, (r, c) in enumerate(places):
         for _ in range(n_per):
             m = 0.05 * torch.rand(32, 32, generator=gen)
-            rr, cc = r + int(torch.randint(-2, 3, (1,), generator=gen)), c + int(torch.randint(-2, 3, (1,), generator=gen))
+            rr = r + int(torch.randint(-2, 3, (1,), generator=gen))
+            cc = c + int(torch.randint(-2, 3, (1,), generator=gen))
             m[rr:rr + 6, cc:cc + 6] += 1.0 + torch.rand(1, generator=gen)
             maps.append(m - 0.02)  # some negative relevance too
             truth.append(j)
