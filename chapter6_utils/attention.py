@@ -81,12 +81,17 @@ def attention_maps(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     ``fused_attn`` (like every other flag, hook and mode) is as it was afterwards, even on
     error. Works the same with fused attention on or off, for a batch as for one image.
 
-    Args:
-        model: a timm VisionTransformer taking ImageNet-normalised input (``lesion_vit``,
-            ``vit_small_patch16_224``, ``vit_small_patch8_224.dino``).
-        x: (N, 3, H, W) normalised input.
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A timm VisionTransformer taking ImageNet-normalised input (``lesion_vit``,
+        ``vit_small_patch16_224``, ``vit_small_patch8_224.dino``).
+    x : torch.Tensor
+        (N, 3, H, W) normalised input.
 
-    Returns:
+    Returns
+    -------
+    torch.Tensor
         (N, L, heads, T, T) float tensor on x's device; ``[i, l, h, q, k]`` is how much
         token ``q`` attends to token ``k`` in head ``h`` of block ``l``; T counts the CLS
         token (index 0) and the patches; every row sums to 1.
@@ -201,13 +206,19 @@ def cls_attention(attn: torch.Tensor, layer: int, head=None, num_prefix_tokens: 
     :func:`token_layout`): ``"avg"`` averages the patch rows, a tuple averages those
     prefix rows.
 
-    Args:
-        attn: (N, L, heads, T, T) from :func:`attention_maps`.
-        layer: block index, negative counts from the last (-1: the last block).
-        head: an int (one head) -> (N, h, w); None (every head) -> (N, heads, h, w);
-            "mean", "max" or "min" (heads fused) -> (N, h, w).
-        num_prefix_tokens: tokens before the patches (1 for the CLS token alone).
-        readout: ``"token"`` (row 0), ``"avg"``, ``"all"`` or a tuple of prefix rows.
+    Parameters
+    ----------
+    attn : torch.Tensor
+        (N, L, heads, T, T) from :func:`attention_maps`.
+    layer : int
+        Block index, negative counts from the last (-1: the last block).
+    head : int or {"mean", "max", "min"}, optional
+        An int (one head) -> (N, h, w); None (every head) -> (N, heads, h, w);
+        "mean", "max" or "min" (heads fused) -> (N, h, w).
+    num_prefix_tokens : int, default 1
+        Tokens before the patches (1 for the CLS token alone).
+    readout : {"token", "avg", "all"} or tuple of int, default "token"
+        ``"token"`` (row 0), ``"avg"``, ``"all"`` or a tuple of prefix rows.
     """
     _check_attn(attn)
     n_layers, n_heads, tokens = attn.shape[1], attn.shape[2], attn.shape[-1]
@@ -263,19 +274,28 @@ def rollout(attn: torch.Tensor, head_fusion: str = "mean", discard_ratio: float 
     only the sum is renormalised. With alpha = 1 and discarding, a row can lose all its
     weights: it stays zero (no NaN).
 
-    Args:
-        attn: (N, L, heads, T, T) from :func:`attention_maps`; finite and non-negative
-            (a NaN row raises instead of vanishing in the renormalisation).
-        head_fusion: "mean", "max" or "min".
-        discard_ratio: in [0, 1): the fraction of each layer's fused weights set to zero.
-        alpha: a float in [0, 1], or L of them (one per layer, first layer first).
-        num_prefix_tokens: tokens before the patches (1 for the CLS token alone; CLS and
-            4 registers: 5); :func:`token_layout` reads it off a model.
-        readout: the row(s) explained: ``"token"`` (row 0, the CLS token), ``"avg"``
-            (mean of the patch rows, for ``global_pool="avg"``), ``"all"`` (mean of all
-            rows) or a tuple of prefix rows averaged (``(0, 1)``: CLS and distillation).
+    Parameters
+    ----------
+    attn : torch.Tensor
+        (N, L, heads, T, T) from :func:`attention_maps`; finite and non-negative
+        (a NaN row raises instead of vanishing in the renormalisation).
+    head_fusion : {"mean", "max", "min"}, default "mean"
+        "mean", "max" or "min".
+    discard_ratio : float, default 0.0
+        In [0, 1): the fraction of each layer's fused weights set to zero.
+    alpha : float or sequence of float, default 0.5
+        A float in [0, 1], or L of them (one per layer, first layer first).
+    num_prefix_tokens : int, default 1
+        Tokens before the patches (1 for the CLS token alone; CLS and
+        4 registers: 5); :func:`token_layout` reads it off a model.
+    readout : {"token", "avg", "all"} or tuple of int, default "token"
+        The row(s) explained: ``"token"`` (row 0, the CLS token), ``"avg"``
+        (mean of the patch rows, for ``global_pool="avg"``), ``"all"`` (mean of all
+        rows) or a tuple of prefix rows averaged (``(0, 1)``: CLS and distillation).
 
-    Returns:
+    Returns
+    -------
+    torch.Tensor
         (N, h, w) non-negative maps on attn's device. Each map plus the rollout's weight on
         the prefix tokens (the dropped columns: CLS, registers, distillation token) sums to
         1, whenever no row was emptied (alpha < 1, or no discarding). Batches give the
@@ -411,12 +431,18 @@ def gradient_rollout(attn: torch.Tensor, grads: torch.Tensor, num_prefix_tokens:
     encoder-decoder transformers", ICCV, rules 5 and 6; as in their code for ViTs, the
     rows of ``R`` are not renormalised (rollout, equation 13 (book/equations.md), renormalises).
 
-    Args:
-        attn, grads: (N, L, heads, T, T) from :func:`attention_gradients`.
-        num_prefix_tokens: tokens before the patches (1 for the CLS token).
-        readout: the row(s) explained, as for :func:`rollout` (:func:`token_layout`).
+    Parameters
+    ----------
+    attn, grads : torch.Tensor
+        (N, L, heads, T, T) from :func:`attention_gradients`.
+    num_prefix_tokens : int, default 1
+        Tokens before the patches (1 for the CLS token).
+    readout : {"token", "avg", "all"} or tuple of int, default "token"
+        The row(s) explained, as for :func:`rollout` (:func:`token_layout`).
 
-    Returns:
+    Returns
+    -------
+    torch.Tensor
         (N, h, w) non-negative maps on the patch grid; target-dependent through ``grads``.
     """
     _check_attn(attn)
