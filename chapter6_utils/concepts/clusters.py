@@ -63,17 +63,25 @@ def spray(maps: torch.Tensor, *, k: int | None = None, max_k: int = 8, size: int
           neighbours: int = 10, seed: int = 0) -> Spray:
     """Cluster relevance maps by where they put their positive relevance.
 
-    Args:
-        maps: (N, H, W) or (N, C, H, W) relevance maps (colour summed), e.g. LRP maps of
-            the predictions of one class; N >= max_k + 2.
-        k: clusters; None chooses it by the eigengap among 2 to ``max_k``.
-        size: maps are average-pooled to ``size`` x ``size`` before comparing (the paper
-            pools too: alignment of small details is not what a strategy is).
-        neighbours: each map's nearest neighbours in the graph (Euclidean, normalised maps).
-        seed: for k-means' restarts.
+    Parameters
+    ----------
+    maps : torch.Tensor
+        (N, H, W) or (N, C, H, W) relevance maps (colour summed), e.g. LRP maps of
+        the predictions of one class; N >= max_k + 2.
+    k : int, optional
+        Clusters; None chooses it by the eigengap among 2 to ``max_k``.
+    size : int, default 8
+        Maps are average-pooled to ``size`` x ``size`` before comparing (the paper
+        pools too: alignment of small details is not what a strategy is).
+    neighbours : int, default 10
+        Each map's nearest neighbours in the graph (Euclidean, normalised maps).
+    seed : int, default 0
+        For k-means' restarts.
 
-    Returns:
-        a :class:`Spray`.
+    Returns
+    -------
+    Spray
+        A :class:`Spray`.
     """
     if not isinstance(maps, torch.Tensor) or maps.dim() not in (3, 4) or not maps.is_floating_point():
         raise ValueError("maps must be a float tensor (N, H, W) or (N, C, H, W) of relevance maps")
