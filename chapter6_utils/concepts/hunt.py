@@ -60,11 +60,15 @@ def rank_channels(model, x, target, layers, *, batch_size: int = 128, composite=
     One forward and one backward pass per batch serve every layer (the pixels are not
     reached). Returns ``{layer name: ChannelRanking}``.
 
-    Args:
-        model, x, target: as for :func:`~.core.channel_relevance` (x: (N, C, H, W)
-            normalised; target: an int or N class indices).
-        layers: a layer name or a list of names (feature maps (N, K, h, w)).
-        batch_size: images per pass.
+    Parameters
+    ----------
+    model, x, target
+        As for :func:`~.core.channel_relevance` (x: (N, C, H, W)
+        normalised; target: an int or N class indices).
+    layers : str or torch.nn.Module or list
+        A layer name or a list of names (feature maps (N, K, h, w)).
+    batch_size : int, default 128
+        Images per pass.
     """
     if isinstance(layers, (str, nn.Module)):
         layers = [layers]
@@ -92,12 +96,17 @@ def mask_share(model, x, target, layer, channels, mask, *, composite=None, maxpo
     """For each channel in ``channels`` separately: the share of its positive conditional
     relevance (summed over colour) that lies inside ``mask``, per image.
 
-    Args:
-        channels: an int or a list of channel indices of ``layer``, each scored alone.
-        mask: (N, H, W) bool, e.g. ``LesionSet.ruler_mask`` (images without anything in
-            the mask give NaN-free zeros; choose the images that have one).
+    Parameters
+    ----------
+    channels : int or list of int
+        An int or a list of channel indices of ``layer``, each scored alone.
+    mask : torch.Tensor
+        (N, H, W) bool, e.g. ``LesionSet.ruler_mask`` (images without anything in
+        the mask give NaN-free zeros; choose the images that have one).
 
-    Returns:
+    Returns
+    -------
+    torch.Tensor
         (len(channels), N) float tensor in [0, 1]; NaN where a channel carries no positive
         relevance for an image.
     """
