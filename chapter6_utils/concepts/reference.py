@@ -46,11 +46,17 @@ def reference_images(model, x, target, layer, channel, *, k: int = 9, mode: str 
     (``mode="relevance"``, RelMax: the LRP relevance at the layer's output, activation
     times its relevance per unit, at the best position), cropped to the receptive field.
 
-    Args:
-        model, x, target, layer: as for :func:`~.core.concept_relevance` (x: the pool of
-            candidate images, (N, C, H, W) normalised).
-        channel: one channel index of ``layer``.
-        k: how many (at most N); batch_size: images per pass.
+    Parameters
+    ----------
+    model, x, target, layer
+        As for :func:`~.core.concept_relevance` (x: the pool of
+        candidate images, (N, C, H, W) normalised).
+    channel : int
+        One channel index of ``layer``.
+    k : int, default 9
+        How many (at most N).
+    batch_size : int, default 128
+        Images per pass.
     """
     if mode not in ("activation", "relevance"):
         raise ValueError(f"mode must be 'activation' (ActMax) or 'relevance' (RelMax), got {mode!r}")
