@@ -119,12 +119,17 @@ def evaluate(*, n_images: int = 32, seeds=(0, 1, 2), methods=None, controls=None
     """Every measured column of Table 1 for ``methods`` (default: the seven CNN methods on
     ``lesion_cnn`` and rollout on ``lesion_vit``) and the ``controls`` (default: all).
 
-    Args:
-        n_images: malignant lesions with a ruler (at least 32) from ``pool`` (default: a
-            biased-split set drawn with ``train.EVAL_SEED``), explained for "malignant".
-        seeds, tests, curve, n_noise: as for :func:`sanity_checks`.
-        steps: points of the deletion and insertion curves (blurred baseline).
-        cost_images: images the cost is timed on (median of 7 interleaved repeats).
+    Parameters
+    ----------
+    n_images : int, default 32
+        Malignant lesions with a ruler (at least 32) from ``pool`` (default: a
+        biased-split set drawn with ``train.EVAL_SEED``), explained for "malignant".
+    seeds, tests, curve, n_noise
+        As for :func:`sanity_checks`.
+    steps : int, default 16
+        Points of the deletion and insertion curves (blurred baseline).
+    cost_images : int, default 8
+        Images the cost is timed on (median of 7 interleaved repeats).
     """
     from .. import models, synthetic, train
     from ..data import normalize
