@@ -72,10 +72,14 @@ def noise_map(model, x, target, seed: int = 0, **_) -> torch.Tensor:
 class Estimate:
     """A mean with its 95% bootstrap interval.
 
-    Attributes:
-        value: the mean over every image (and seed); NaN where nothing was defined.
-        low, high: the 2.5th and 97.5th percentiles of the bootstrap means.
-        n_images, n_seeds: what it was computed from (``n_seeds`` 1: no randomisation).
+    Attributes
+    ----------
+    value : float
+        The mean over every image (and seed); NaN where nothing was defined.
+    low, high : float
+        The 2.5th and 97.5th percentiles of the bootstrap means.
+    n_images, n_seeds : int
+        What it was computed from (``n_seeds`` 1: no randomisation).
     """
 
     value: float
@@ -98,14 +102,18 @@ def bootstrap(values, *, n_boot: int = 1000, seed: int = 0, min_images: int = MI
               min_seeds: int = MIN_SEEDS) -> Estimate:
     """The mean of ``values`` with a 95% percentile-bootstrap interval.
 
-    Args:
-        values: (S, N) one value per randomisation seed and image, or (N,) for a measure
-            with no randomisation (one value per image). NaN entries (an undefined value,
-            e.g. the rank correlation of a constant map) are left out of each mean.
-        n_boot: resamples. Images and seeds are resampled independently (a two-way
-            bootstrap): the interval covers both the choice of images and of the draw.
-        min_images, min_seeds: the fewest images and seeds accepted (32 and 3): fewer
-            give intervals too rough to decide anything, and are refused.
+    Parameters
+    ----------
+    values : torch.Tensor or array_like
+        (S, N) one value per randomisation seed and image, or (N,) for a measure
+        with no randomisation (one value per image). NaN entries (an undefined value,
+        e.g. the rank correlation of a constant map) are left out of each mean.
+    n_boot : int, default 1000
+        Resamples. Images and seeds are resampled independently (a two-way
+        bootstrap): the interval covers both the choice of images and of the draw.
+    min_images, min_seeds : int, default MIN_IMAGES, MIN_SEEDS
+        The fewest images and seeds accepted (32 and 3): fewer
+        give intervals too rough to decide anything, and are refused.
     """
     v = torch.as_tensor(values).detach().to("cpu", torch.float64)
     if v.dim() == 1:
