@@ -20,10 +20,14 @@ __all__ = ["Curve", "deletion_curve", "insertion_curve", "random_map", "relevanc
 class Curve:
     """A deletion or insertion curve.
 
-    Attributes:
-        fractions: (S + 1,) share of pixels removed (deletion) or inserted (insertion).
-        scores: (N, S + 1) the target's probability (or logit) at each step.
-        auc: (N,) area under each curve (trapezoid rule over ``fractions`` in [0, 1]).
+    Attributes
+    ----------
+    fractions : torch.Tensor
+        (S + 1,) share of pixels removed (deletion) or inserted (insertion).
+    scores : torch.Tensor
+        (N, S + 1) the target's probability (or logit) at each step.
+    auc : torch.Tensor
+        (N,) area under each curve (trapezoid rule over ``fractions`` in [0, 1]).
     """
 
     kind: str
@@ -86,16 +90,22 @@ def deletion_curve(model, x, target, attribution, baseline: str = "blur", steps:
     ``baseline`` in the order ``attribution`` ranks them, most important first, and track
     the target's score. A faithful map makes it fall fast: a small area under the curve.
 
-    Args:
-        attribution: (N, H, W) ranking, most important = largest (for a registered
-            method, :meth:`Method.ranking` of its map; a random map gives the reference).
-        baseline: what a removed pixel becomes: ``"blur"`` (the image blurred with a
-            Gaussian of std ``blur_sigma``, default W / 16 pixels), ``"mean"`` (the image's
-            mean colour) or ``"zero"`` (black).
-        steps: the curve has ``steps + 1`` points, 0 to 100% of the pixels removed.
-        score: ``"probability"`` (softmax of the target, bounded: areas compare across
-            images) or ``"logit"`` (S_c).
-        batch_size: steps evaluated per forward pass (each holds N images).
+    Parameters
+    ----------
+    attribution : torch.Tensor
+        (N, H, W) ranking, most important = largest (for a registered
+        method, :meth:`Method.ranking` of its map; a random map gives the reference).
+    baseline : str, default "blur"
+        What a removed pixel becomes: ``"blur"`` (the image blurred with a
+        Gaussian of std ``blur_sigma``, default W / 16 pixels), ``"mean"`` (the image's
+        mean colour) or ``"zero"`` (black).
+    steps : int, default 32
+        The curve has ``steps + 1`` points, 0 to 100% of the pixels removed.
+    score : str, default "probability"
+        ``"probability"`` (softmax of the target, bounded: areas compare across
+        images) or ``"logit"`` (S_c).
+    batch_size : int, default 8
+        Steps evaluated per forward pass (each holds N images).
     """
     return _curve("deletion", model, x, target, attribution, baseline, steps, score, batch_size, blur_sigma)
 
