@@ -66,11 +66,16 @@ def _interval(draws: torch.Tensor, value: float, n: int) -> Estimate:
 class RulerEffect:
     """:func:`ruler_effect`'s results for one model.
 
-    Attributes:
-        effect: (N,) true effect of the ruler on the malignant logit, per image.
-        mass: {method: (N,)} evidence the map puts on the ruler's pixels (an amount).
-        rho: {method: Estimate} Spearman of mass with effect across images, 95% interval.
-        pasted: (N,) bool, True where the ruler was pasted (the image had none).
+    Attributes
+    ----------
+    effect : torch.Tensor
+        (N,) true effect of the ruler on the malignant logit, per image.
+    mass : dict
+        {method: (N,)} evidence the map puts on the ruler's pixels (an amount).
+    rho : dict
+        {method: Estimate} Spearman of mass with effect across images, 95% interval.
+    pasted : torch.Tensor
+        (N,) bool, True where the ruler was pasted (the image had none).
     """
 
     model: str
@@ -90,13 +95,16 @@ def ruler_effect(model, methods, *, n: int = 160, seed: int | None = None, model
     """The ruler's true effect on ``model``, image by image, against each method's evidence
     on the ruler (see the module's docstring).
 
-    Args:
-        n: biased-split images drawn (``synthetic.make_lesions(n, "biased", seed)``,
-            default seed ``synthetic.TEST_SEED``); all of them are used: those with a ruler
-            are compared with their ruler-free rendering, those without get the ruler of a
-            ruled image pasted on. At least 32 images in all.
-        methods: registry names, controls or Methods, explained for "malignant" on the
-            image with the ruler.
+    Parameters
+    ----------
+    n : int, default 160
+        Biased-split images drawn (``synthetic.make_lesions(n, "biased", seed)``,
+        default seed ``synthetic.TEST_SEED``); all of them are used: those with a ruler
+        are compared with their ruler-free rendering, those without get the ruler of a
+        ruled image pasted on. At least 32 images in all.
+    methods : iterable of str or Method
+        Registry names, controls or Methods, explained for "malignant" on the
+        image with the ruler.
     """
     from .. import synthetic
     from ..data import normalize
