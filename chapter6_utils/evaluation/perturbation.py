@@ -79,10 +79,14 @@ def _spearman(pairs: torch.Tensor) -> torch.Tensor:
 class PerturbationCurve:
     """Accuracy as pixels are removed in one map's order.
 
-    Attributes:
-        order: ``"positive"`` (most relevant first) or ``"negative"`` (least first).
-        fractions: (S,) removed share of the pixels, starting at 0.
-        hits: (N, S) bool, prediction == label after each removal.
+    Attributes
+    ----------
+    order : str
+        ``"positive"`` (most relevant first) or ``"negative"`` (least first).
+    fractions : torch.Tensor
+        (S,) removed share of the pixels, starting at 0.
+    hits : torch.Tensor
+        (N, S) bool, prediction == label after each removal.
     """
 
     order: str
@@ -107,17 +111,24 @@ def perturbation_curve(model, x, labels, ranking, order: str = "positive", fract
                        batch_size: int = 256, unperturbed_hits: torch.Tensor | None = None) -> PerturbationCurve:
     """Chefer et al.'s (2021) perturbation test of one map per image.
 
-    Args:
-        x: (N, C, H, W) normalised images; a removed pixel becomes black (all channels),
-            as the protocol zeroes pixels before normalising.
-        labels: an int or N class indices: what a hit is compared with.
-        ranking: (N, H, W), most relevant = largest (``Method.ranking`` of a map).
-        order: ``"positive"`` removes the most relevant pixels first, ``"negative"`` the least.
-        fractions: removed shares in [0, 1), the first usually 0 (the unperturbed accuracy);
-            ``int(fraction * H * W)`` pixels each, as in their script.
-        unperturbed_hits: (N,) bool hits of ``x`` itself, when already known: the points
-            that remove no pixel are then not recomputed (:func:`perturbation_test` shares
-            them between all its curves).
+    Parameters
+    ----------
+    x : torch.Tensor
+        (N, C, H, W) normalised images; a removed pixel becomes black (all channels),
+        as the protocol zeroes pixels before normalising.
+    labels : int or torch.Tensor
+        An int or N class indices: what a hit is compared with.
+    ranking : torch.Tensor
+        (N, H, W), most relevant = largest (``Method.ranking`` of a map).
+    order : str, default "positive"
+        ``"positive"`` removes the most relevant pixels first, ``"negative"`` the least.
+    fractions : sequence of float, default FRACTIONS
+        Removed shares in [0, 1), the first usually 0 (the unperturbed accuracy);
+        ``int(fraction * H * W)`` pixels each, as in their script.
+    unperturbed_hits : torch.Tensor, optional
+        (N,) bool hits of ``x`` itself, when already known: the points
+        that remove no pixel are then not recomputed (:func:`perturbation_test` shares
+        them between all its curves).
     """
     check_input(model, x)
     n, _, h, w = x.shape
