@@ -97,13 +97,18 @@ def randomized_models(model: nn.Module, order: str = "cascading", seed: int = 0)
 class RandomizationResult:
     """Maps of one method along a sanity check.
 
-    Attributes:
-        method, order: what was run.
-        layers: ``["trained", <top layer>, ...]``: row k of the tensors below is the model
-            after the first k re-initialisations (cascading) or with layer k alone
-            re-initialised (independent).
-        maps: (K + 1, N, H, W), row 0 the trained model's maps.
-        spearman, ssim: (K + 1, N), each map against row 0 (row 0 is 1 by definition).
+    Attributes
+    ----------
+    method, order : str
+        What was run.
+    layers : list
+        ``["trained", <top layer>, ...]``: row k of the tensors below is the model
+        after the first k re-initialisations (cascading) or with layer k alone
+        re-initialised (independent).
+    maps : torch.Tensor
+        (K + 1, N, H, W), row 0 the trained model's maps.
+    spearman, ssim : torch.Tensor
+        (K + 1, N), each map against row 0 (row 0 is 1 by definition).
     """
 
     method: str
@@ -164,10 +169,14 @@ def model_randomization(model, method, x, target, order: str = "cascading", seed
     (:func:`ssim`). A method that passes gives maps that drift away from the trained ones
     as the model loses what it learned. ``model`` itself is never modified.
 
-    Args:
-        method: a registry name or :class:`Method`; ``options`` go to it.
-        x, target: as for the method, (N, C, H, W) normalised and int or (N,).
-        seed: the re-initialisation draw (layer j gets the same weights in both orders).
+    Parameters
+    ----------
+    method : str or Method
+        A registry name or :class:`Method`; ``options`` go to it.
+    x, target
+        As for the method, (N, C, H, W) normalised and int or (N,).
+    seed : int, default 0
+        The re-initialisation draw (layer j gets the same weights in both orders).
     """
     m = get_method(method)
     m = dataclasses.replace(m, defaults={**m.defaults, **options})
