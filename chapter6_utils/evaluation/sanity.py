@@ -89,17 +89,25 @@ def map_entropy(m: torch.Tensor, n_bins: int = 100) -> torch.Tensor:
 class SanityReport:
     """:func:`sanity_checks`'s results.
 
-    Attributes:
-        methods: the method (and control) names, in order; ``labels`` their names in tables.
-        layers: the randomised layers, input first.
-        values: ``values[test][method]``: (S, N) per seed and image, or (N,) for ``"data"``.
-        estimates, verdicts: ``[test][method]``: :class:`Estimate` and its verdict.
-        edge, edge_trained: ``[method]``: Spearman ρ of the map on the fully random network
-            (an :class:`Estimate` over seeds and images) and on the trained network (over
-            images) with the input's edge map: the random-weight lesson.
-        curve: ``[method]``: (K + 1, S, N) ρ after 0..K cascading steps (``curve=True``).
-        trained, random: ``[method]``: maps (N, H, W) of the trained model and (S, N, H, W)
-            of the fully random one.
+    Attributes
+    ----------
+    methods : list
+        The method (and control) names, in order; ``labels`` their names in tables.
+    layers : list
+        The randomised layers, input first.
+    values : dict
+        ``values[test][method]``: (S, N) per seed and image, or (N,) for ``"data"``.
+    estimates, verdicts : dict
+        ``[test][method]``: :class:`Estimate` and its verdict.
+    edge, edge_trained : dict
+        ``[method]``: Spearman ρ of the map on the fully random network
+        (an :class:`Estimate` over seeds and images) and on the trained network (over
+        images) with the input's edge map: the random-weight lesson.
+    curve : dict
+        ``[method]``: (K + 1, S, N) ρ after 0..K cascading steps (``curve=True``).
+    trained, random : dict
+        ``[method]``: maps (N, H, W) of the trained model and (S, N, H, W)
+        of the fully random one.
     """
 
     methods: list
@@ -139,14 +147,21 @@ def sanity_checks(model: nn.Module, methods, x: torch.Tensor, target, *, seeds=(
     """Run the randomisation tests of :data:`TESTS` for ``methods`` (registry names,
     controls such as ``"edge"``, or Methods) on ``x``.
 
-    Args:
-        x, target: (N, C, H, W) normalised images (N >= 32 for an interval) and the class.
-        seeds: re-initialisation draws (at least 3); layer j of seed s gets the same
-            weights in every test (as in :func:`randomized_models`).
-        tests: names from :data:`TESTS` (default: all; ``"data"`` needs ``shuffled_model``).
-        curve: also compute ρ after every cascading step (for the similarity curves).
-        n_noise, noise: sMPRT's noisy copies and their std, as a share of x's range.
     ``model`` is never modified: each seed re-initialises a copy.
+
+    Parameters
+    ----------
+    x, target
+        (N, C, H, W) normalised images (N >= 32 for an interval) and the class.
+    seeds : sequence of int, default (0, 1, 2)
+        Re-initialisation draws (at least 3); layer j of seed s gets the same
+        weights in every test (as in :func:`randomized_models`).
+    tests : str or list of str, optional
+        Names from :data:`TESTS` (default: all; ``"data"`` needs ``shuffled_model``).
+    curve : bool, default False
+        Also compute ρ after every cascading step (for the similarity curves).
+    n_noise, noise : int, float, default 3, 0.1
+        sMPRT's noisy copies and their std, as a share of x's range.
     """
     if isinstance(methods, (str, Method)):
         methods = [methods]
