@@ -174,20 +174,28 @@ def project(model, x, layer, channel: int, top_k: int = 1):
     weights (bias left out). Zeiler & Fergus (2014), "Visualizing and understanding
     convolutional networks".
 
-    Args:
-        model: a network whose forward, up to ``layer``, is a plain chain of ``Conv2d``,
-            ``ReLU`` and ``MaxPool2d`` modules (``lesion_cnn``, VGG-16's ``features``);
-            anything else raises ``ValueError`` naming the module it cannot invert.
-        x: (N, C, H, W) normalised input.
-        layer: a module name (``"features.6"``) or the module itself.
-        channel: the feature channel of ``layer``'s output.
-        top_k: activations kept per image (1: the strongest).
-
     With ``top_k=1`` the result equals the backward pass from the kept activation ``A``,
     seeded with its value, with the deconvnet rule at every ReLU (the rule road of
     :func:`deconvnet`): ``A * dA/dx`` when ``A > 0``.
 
-    Returns:
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A network whose forward, up to ``layer``, is a plain chain of ``Conv2d``,
+        ``ReLU`` and ``MaxPool2d`` modules (``lesion_cnn``, VGG-16's ``features``);
+        anything else raises ``ValueError`` naming the module it cannot invert.
+    x : torch.Tensor
+        (N, C, H, W) normalised input.
+    layer : str or torch.nn.Module
+        A module name (``"features.6"``) or the module itself.
+    channel : int
+        The feature channel of ``layer``'s output.
+    top_k : int, default 1
+        Activations kept per image (1: the strongest).
+
+    Returns
+    -------
+    torch.Tensor
         (N, C, H, W) on x's device; zero outside the receptive field of the kept units.
         Exact for every kernel size, stride, padding (ints, ``"same"``, ``"valid"``, any
         ``padding_mode``), dilation and group count of the convolutions and every kernel,
@@ -293,12 +301,19 @@ def top_activations(model, images, layer, channel: int, k: int = 9, batch_size: 
     with the receptive-field patch around that activation and its projection to the
     pixels, as in Zeiler & Fergus's (2014) figures.
 
-    Args:
-        images: (N, C, H, W) normalised input (one activation per image is used, the
-            strongest, so the k patches come from k different images).
-        layer, channel: as in :func:`project`.
-        k: how many (at most N).
-        batch_size: images per forward pass when searching.
+    Parameters
+    ----------
+    images : torch.Tensor
+        (N, C, H, W) normalised input (one activation per image is used, the
+        strongest, so the k patches come from k different images).
+    layer : str or torch.nn.Module
+        As in :func:`project`.
+    channel : int
+        As in :func:`project`.
+    k : int, default 9
+        How many (at most N).
+    batch_size : int, default 256
+        Images per forward pass when searching.
     """
     k = min(checks.integer(k, "k", low=1, hint="how many images to show"), images.shape[0])
     batch_size = checks.integer(batch_size, "batch_size", low=1, hint="images per forward pass")
