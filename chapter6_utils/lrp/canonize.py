@@ -334,14 +334,19 @@ def canonize(model: nn.Module, x: torch.Tensor) -> nn.Module:
     """A copy of ``model`` (sharing its tensors) rewritten for LRP and checked on ``x``; see
     the module docstring.
 
-    Args:
-        model: the network (left exactly as found, eval mode is used for the passes).
-        x: (N, C, H, W) input on which the forward pass is recorded and the copy is
-            proven to compute what the model computes.
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network (left exactly as found, eval mode is used for the passes).
+    x : torch.Tensor
+        (N, C, H, W) input on which the forward pass is recorded and the copy is
+        proven to compute what the model computes.
 
-    Raises:
-        UnsupportedLayerError: for a called layer without a rule, a BatchNorm without an
-            exact merge, or a copy whose output parts from the model's (naming where).
+    Raises
+    ------
+    UnsupportedLayerError
+        For a called layer without a rule, a BatchNorm without an
+        exact merge, or a copy whose output parts from the model's (naming where).
     """
     net, plan = _canonize(model, x)
     with torch.no_grad():
