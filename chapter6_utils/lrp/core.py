@@ -140,27 +140,39 @@ def lrp(model, x, target, *, composite: Composite | None = None, maxpool: str = 
     pixel-wise explanations ... by layer-wise relevance propagation"; composites:
     Montavon et al. (2019), "Layer-wise relevance propagation: an overview".
 
-    Args:
-        model: a network of Conv2d, Linear, ReLU, dropout, flatten, max/average pooling,
-            BatchNorm next to a linear layer and torchvision ResNet blocks (canonised on a
-            light copy: the model itself is not touched; see ``lrp.canonize``). The copy
-            must reproduce the model's output on ``x`` to ``sqrt(eps)`` of the dtype, or
-            ``UnsupportedLayerError`` names the module where the two part.
-        x: (N, C, H, W) normalised input; target: an int or N class indices.
-        composite: the rule schedule; None is the chapter's (``lrp.chapter()``: z^B with
-            ImageNet pixel bounds, gamma 0.25 on the lower half of the convolutions,
-            epsilon 0.25 on the upper half, epsilon 1e-6 on the dense head).
-        maxpool: ``"winner"`` (all relevance to the maximum, the gradient's route) or
-            ``"average"`` (split in proportion to the inputs of the window).
-        return_layers: also return ``{layer name: relevance at that layer's input}``
-            (the shape of that input, forward order; a tensor read by two layers, as a
-            residual block's input, shows its total relevance under both) and
-            ``"output"``: (N, classes), ``S_c`` at the target, zero elsewhere.
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A network of Conv2d, Linear, ReLU, dropout, flatten, max/average pooling,
+        BatchNorm next to a linear layer and torchvision ResNet blocks (canonised on a
+        light copy: the model itself is not touched; see ``lrp.canonize``). The copy
+        must reproduce the model's output on ``x`` to ``sqrt(eps)`` of the dtype, or
+        ``UnsupportedLayerError`` names the module where the two part.
+    x : torch.Tensor
+        (N, C, H, W) normalised input.
+    target : int or torch.Tensor
+        An int or N class indices.
+    composite : Composite, optional
+        The rule schedule; None is the chapter's (``lrp.chapter()``: z^B with
+        ImageNet pixel bounds, gamma 0.25 on the lower half of the convolutions,
+        epsilon 0.25 on the upper half, epsilon 1e-6 on the dense head).
+    maxpool : {"winner", "average"}, default "winner"
+        ``"winner"`` (all relevance to the maximum, the gradient's route) or
+        ``"average"`` (split in proportion to the inputs of the window).
+    return_layers : bool, default False
+        Also return ``{layer name: relevance at that layer's input}``
+        (the shape of that input, forward order; a tensor read by two layers, as a
+        residual block's input, shows its total relevance under both) and
+        ``"output"``: (N, classes), ``S_c`` at the target, zero elsewhere.
 
-    Returns:
+    Returns
+    -------
+    torch.Tensor or (torch.Tensor, dict)
         (N, C, H, W) like ``x``, signed; with ``return_layers=True`` a pair
         ``(relevance, layers)``.
 
+    Notes
+    -----
     Conventions where implementations differ (this one matches Zennit 0.5.1; details in
     :mod:`chapter6_utils.lrp.rules`): stabiliser ``eps * sign`` with ``sign(0) = +1``;
     gamma modifies the bias like the weights; z^B has no bias in its denominator; the
