@@ -152,12 +152,22 @@ class Embedding(Rule):
 class TransformerComposite:
     """A rule schedule for a canonised Vision Transformer (see :mod:`.vit`).
 
-    Args:
-        first: the patch embedding (the convolution that reads the pixels).
-        linear: every linear layer inside the transformer blocks (qkv, proj, fc1, fc2).
-        head: linear layers outside the blocks (the classifier).
-        norm: every LayerNorm.  activation: the MLP's activation.
-        softmax: the attention softmax.  product: ``q k^T`` and ``A v``.
+    Parameters
+    ----------
+    first : Rule
+        The patch embedding (the convolution that reads the pixels).
+    linear : Rule
+        Every linear layer inside the transformer blocks (qkv, proj, fc1, fc2).
+    head : Rule
+        Linear layers outside the blocks (the classifier).
+    norm : Rule
+        Every LayerNorm.
+    activation : Rule
+        The MLP's activation.
+    softmax : Rule
+        The attention softmax.
+    product : Rule
+        ``q k^T`` and ``A v``.
     """
 
     def __init__(self, *, first: Rule, linear: Rule, head: Rule, norm: Rule, activation: Rule,
