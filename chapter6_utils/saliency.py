@@ -155,28 +155,36 @@ def smoothgrad(model, x, target, *, n_samples: int = 25, sigma: float = 0.15,
     Smilkov, Thorat, Kim, Viegas & Wattenberg (2017), "SmoothGrad: removing noise by
     adding noise".
 
-    Args:
-        n_samples: noisy copies per image (chapter: 25); ``n_samples=1, sigma=0`` gives
-            :func:`saliency_map` exactly.
-        sigma: noise level as a fraction of the image's value range (chapter: 0.15).
-        batch_size: noisy copies per forward/backward pass, across images and copies;
-            None picks :func:`default_batch_size` (at 224x224 RGB: 8 on a CPU, 64 on a
-            GPU; at 64x64: 98 and 784). It changes speed and memory, not the result
-            (beyond float rounding).
-        seed: makes the noise reproducible. One generator (on x's device), seeded from
-            ``seed``, draws ``eps_0 ... eps_(n-1)`` at once before the first pass
-            (``n_samples`` x C x H x W values), and every image of the batch uses the
-            same ``eps_t`` (scaled to its own range): so the maps do not depend on
-            ``batch_size``, and a batch gets the same noise as its images one at a time
-            with the same seed. The flip side: with one seed, the noise patterns (not their
-            scale) are shared between the images of a call; their errors are correlated,
-            which matters only when averaging maps over images. None draws the seed from
-            torch's global generator, so ``torch.manual_seed`` (``seed_everything``)
-            makes the call reproducible too. A seed gives other noise on CUDA than on CPU.
-        average: ``"magnitude"`` or ``"signed"``, see above. The same seed gives both
-            the same noisy copies.
+    Parameters
+    ----------
+    n_samples : int, default 25
+        Noisy copies per image (chapter: 25); ``n_samples=1, sigma=0`` gives
+        :func:`saliency_map` exactly.
+    sigma : float, default 0.15
+        Noise level as a fraction of the image's value range (chapter: 0.15).
+    batch_size : int, optional
+        Noisy copies per forward/backward pass, across images and copies;
+        None picks :func:`default_batch_size` (at 224x224 RGB: 8 on a CPU, 64 on a
+        GPU; at 64x64: 98 and 784). It changes speed and memory, not the result
+        (beyond float rounding).
+    seed : int, optional
+        Makes the noise reproducible. One generator (on x's device), seeded from
+        ``seed``, draws ``eps_0 ... eps_(n-1)`` at once before the first pass
+        (``n_samples`` x C x H x W values), and every image of the batch uses the
+        same ``eps_t`` (scaled to its own range): so the maps do not depend on
+        ``batch_size``, and a batch gets the same noise as its images one at a time
+        with the same seed. The flip side: with one seed, the noise patterns (not their
+        scale) are shared between the images of a call; their errors are correlated,
+        which matters only when averaging maps over images. None draws the seed from
+        torch's global generator, so ``torch.manual_seed`` (``seed_everything``)
+        makes the call reproducible too. A seed gives other noise on CUDA than on CPU.
+    average : {"magnitude", "signed"}, default "magnitude"
+        ``"magnitude"`` or ``"signed"``, see above. The same seed gives both
+        the same noisy copies.
 
-    Returns:
+    Returns
+    -------
+    torch.Tensor
         (N, H, W) on x's device, non-negative.
     """
     _check_options(n_samples, sigma, batch_size, seed, average)
