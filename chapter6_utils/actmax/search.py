@@ -21,14 +21,21 @@ __all__ = ["ActMaxResult", "maximize", "dgn_am"]
 class ActMaxResult:
     """What :func:`maximize` and :func:`dgn_am` return.
 
-    Attributes:
-        image: (N, 3, H, W) in [0, 1], the final images (not normalised).
-        trace: the objective (without penalties), mean over the N images, at step 0..steps
-            (``steps + 1`` floats).
-        frames: images (N, 3, H, W) in [0, 1] recorded every ``record_every`` steps and at the end.
-        frame_steps: the step of each frame.
-        objective: the objective's description.
-        latent: the final latent codes (N, z) of :func:`dgn_am`, else None.
+    Attributes
+    ----------
+    image : torch.Tensor
+        (N, 3, H, W) in [0, 1], the final images (not normalised).
+    trace : list
+        The objective (without penalties), mean over the N images, at step 0..steps
+        (``steps + 1`` floats).
+    frames : list
+        Images (N, 3, H, W) in [0, 1] recorded every ``record_every`` steps and at the end.
+    frame_steps : list
+        The step of each frame.
+    objective : str
+        The objective's description.
+    latent : torch.Tensor or None
+        The final latent codes (N, z) of :func:`dgn_am`, else None.
     """
 
     image: torch.Tensor
@@ -91,28 +98,46 @@ def maximize(model: nn.Module, objective: Objective, steps: int = 256, lr: float
     after every step ``x`` is clipped to the normalised values of [0, 1], so the result is
     always a valid image.
 
-    Args:
-        model: a classifier taking ImageNet-normalised (N, 3, H, W) input.
-        objective: an :class:`Objective`; its layers are checked before the search starts.
-        steps: number of ascent steps (0 returns the starting noise).
-        lr: Adam's step size, in normalised units.
-        l2: weight of the L2 penalty (per value, i.e. ``lambda * ||x||^2 / D`` with D = 3HW).
-        blur_every, blur_sigma: every ``blur_every`` steps (0: never) blur x with a Gaussian
-            of ``blur_sigma`` pixels: removes the high frequencies the ascent amplifies.
-        tv: weight of the total-variation penalty (:func:`total_variation`, a mean).
-        jitter: shift the image by up to ``jitter`` pixels (random, circular) before each
-            forward pass, so that no pattern can exploit one exact alignment.
-        seed: seeds the starting noise and the jitter: the same seed gives the same image.
-        image_size: side of the image (default ``model.ch6.input_size``, else 224).
-        record_every: keep a frame every this many steps (None: only the start and the end).
-        n: number of images searched at once (each from its own noise).
-        init: optional starting images in [0, 1], (n, 3, H, W), instead of noise.
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A classifier taking ImageNet-normalised (N, 3, H, W) input.
+    objective : Objective
+        An :class:`Objective`; its layers are checked before the search starts.
+    steps : int, default 256
+        Number of ascent steps (0 returns the starting noise).
+    lr : float, default 0.05
+        Adam's step size, in normalised units.
+    l2 : float, default 0.0
+        Weight of the L2 penalty (per value, i.e. ``lambda * ||x||^2 / D`` with D = 3HW).
+    blur_every, blur_sigma : int, float, default 0, 0.5
+        Every ``blur_every`` steps (0: never) blur x with a Gaussian
+        of ``blur_sigma`` pixels: removes the high frequencies the ascent amplifies.
+    tv : float, default 0.0
+        Weight of the total-variation penalty (:func:`total_variation`, a mean).
+    jitter : int, default 0
+        Shift the image by up to ``jitter`` pixels (random, circular) before each
+        forward pass, so that no pattern can exploit one exact alignment.
+    seed : int, default 0
+        Seeds the starting noise and the jitter: the same seed gives the same image.
+    image_size : int, optional
+        Side of the image (default ``model.ch6.input_size``, else 224).
+    record_every : int, optional
+        Keep a frame every this many steps (None: only the start and the end).
+    n : int, default 1
+        Number of images searched at once (each from its own noise).
+    init : torch.Tensor, optional
+        Optional starting images in [0, 1], (n, 3, H, W), instead of noise.
 
-    Returns:
+    Returns
+    -------
+    ActMaxResult
         :class:`ActMaxResult` with ``image`` (n, 3, H, W) in [0, 1] on the model's device.
 
-    Raises:
-        ValueError / TypeError for an unknown layer, an out-of-range class, channel or
+    Raises
+    ------
+    ValueError, TypeError
+        For an unknown layer, an out-of-range class, channel or
         position, or bad search settings; before any step is taken.
     """
     steps, lr, record_every, n, seed = _check_search_args(model, steps, lr, record_every, n, seed)
@@ -192,15 +217,23 @@ def dgn_am(model: nn.Module, generator: nn.Module, objective: Objective, steps: 
     look like nothing; the L2 term keeps ``z`` where the generator was trained (under the
     standard normal prior, ``||z||^2`` is about the latent dimension). Nguyen et al., 2016.
 
-    Args:
-        model: classifier taking ImageNet-normalised images.
-        generator: maps (N, z) codes to (N, 3, H, W) images in [0, 1], e.g.
-            ``models.load("lesion_generator")``; its ``latent_dim`` attribute gives z.
-        objective, steps, lr, seed, n, record_every: as in :func:`maximize`.
-        l2_latent: the lambda of equation 11 (book/equations.md) (on the sum of squares of z).
-        z_init: optional starting codes (n, z).
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Classifier taking ImageNet-normalised images.
+    generator : torch.nn.Module
+        Maps (N, z) codes to (N, 3, H, W) images in [0, 1], e.g.
+        ``models.load("lesion_generator")``; its ``latent_dim`` attribute gives z.
+    objective, steps, lr, seed, n, record_every
+        As in :func:`maximize`.
+    l2_latent : float, default 0.01
+        The lambda of equation 11 (book/equations.md) (on the sum of squares of z).
+    z_init : torch.Tensor, optional
+        Optional starting codes (n, z).
 
-    Returns:
+    Returns
+    -------
+    ActMaxResult
         :class:`ActMaxResult` with ``image`` = G(z*) in [0, 1] and ``latent`` = z* (n, z).
     """
     steps, lr, record_every, n, seed = _check_search_args(model, steps, lr, record_every, n, seed)
