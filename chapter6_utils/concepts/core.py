@@ -136,22 +136,36 @@ def concept_relevance(model, x, target, layer, channels, *, composite=None, maxp
     conditional maps give the unconditional map (every rule is linear in the relevance it
     receives).
 
-    Args:
-        model: a CNN LRP can explain (see :func:`chapter6_utils.lrp.lrp`).
-        x: (N, C, H, W) normalised input; target: an int or N class indices.
-        layer: a module name (``'features.10'``) or submodule whose output is a feature map
-            (N, K, h, w): a convolution (its output after the rule), its ReLU, a pooling.
-        channels: an int or a sequence of ints in [0, K): one concept, the union of them.
-        composite, maxpool: as in :func:`chapter6_utils.lrp.lrp` (None: ``lrp.chapter()``).
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A CNN LRP can explain (see :func:`chapter6_utils.lrp.lrp`).
+    x : torch.Tensor
+        (N, C, H, W) normalised input.
+    target : int or torch.Tensor
+        An int or N class indices.
+    layer : str or torch.nn.Module
+        A module name (``'features.10'``) or submodule whose output is a feature map
+        (N, K, h, w): a convolution (its output after the rule), its ReLU, a pooling.
+    channels : int or sequence of int
+        An int or a sequence of ints in [0, K): one concept, the union of them.
+    composite, maxpool
+        As in :func:`chapter6_utils.lrp.lrp` (None: ``lrp.chapter()``).
 
-    Returns:
+    Returns
+    -------
+    torch.Tensor
         (N, C, H, W) signed relevance, like ``x``.
 
-    Raises:
-        ValueError: a layer that is not a module, is never called, or has no channels (its
-            output is not 4-D); channel indices out of range.
-        TypeError: non-integer channels; a transformer.
-        chapter6_utils.lrp.UnsupportedLayerError: a model LRP cannot run (it names the module).
+    Raises
+    ------
+    ValueError
+        A layer that is not a module, is never called, or has no channels (its
+        output is not 4-D); channel indices out of range.
+    TypeError
+        Non-integer channels; a transformer.
+    chapter6_utils.lrp.UnsupportedLayerError
+        A model LRP cannot run (it names the module).
     """
     scores, leaves, (h,), (name,) = _layer_forward(model, x, target, [layer], composite, maxpool)
     idx = _channel_list(channels, h.shape[1], name)
@@ -171,15 +185,20 @@ def channel_relevance(model, x, target, layer, *, composite=None, maxpool: str =
     One forward pass and one backward pass down to ``layer`` (the pixels are not
     reached), so ranking channels costs less than an LRP map.
 
-    Args:
-        model, x, target, layer, composite, maxpool: as in :func:`concept_relevance`.
-        normalise: True: each channel's relative relevance, ``R_k / sum_j |R_j|`` (in
-            [-1, 1]; a channel that speaks against the class is negative), the
-            normalisation zennit-crp uses, which stays bounded where the signed total is
-            near zero; False: the relevance in units of the class score (a row sums to the
-            relevance reaching the layer: the score less what the layers above absorbed).
+    Parameters
+    ----------
+    model, x, target, layer, composite, maxpool
+        As in :func:`concept_relevance`.
+    normalise : bool, default True
+        True: each channel's relative relevance, ``R_k / sum_j |R_j|`` (in
+        [-1, 1]; a channel that speaks against the class is negative), the
+        normalisation zennit-crp uses, which stays bounded where the signed total is
+        near zero; False: the relevance in units of the class score (a row sums to the
+        relevance reaching the layer: the score less what the layers above absorbed).
 
-    Returns:
+    Returns
+    -------
+    torch.Tensor
         (N, K) float tensor.
     """
     if not isinstance(normalise, bool):
