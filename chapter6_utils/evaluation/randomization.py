@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from .. import _checks as checks
 from .._guard import check_input, check_target
-from .registry import Method, _check_options, get_method, is_vit
+from .registry import _resolve_methods, get_method, is_vit
 from .similarity import spearman, ssim
 
 __all__ = ["randomization_layers", "randomized_models", "model_randomization", "randomization_sweep",
@@ -135,13 +135,7 @@ def randomization_sweep(model, methods, x, target, order: str = "cascading", see
                         options=None) -> dict[str, RandomizationResult]:
     """:func:`model_randomization` for several methods, sharing each randomised model
     between them (one copy of the model, re-initialised layer by layer)."""
-    if isinstance(methods, (str, Method)):
-        methods = [methods]
-    if not isinstance(methods, (list, tuple)) or not methods:
-        raise TypeError(f"methods must be a non-empty list of method names (evaluation.METHODS), got {methods!r}")
-    chosen = [get_method(m) for m in methods]
-    names = [m.name for m in chosen]
-    options = _check_options(options, names)
+    chosen, names, options = _resolve_methods(methods, options)
     checks.choice(order, "order", ("cascading", "independent"))
     seed = checks.integer(seed, "seed", low=0, high=2 ** 48, hint="the re-initialisation draw")
     check_input(model, x)

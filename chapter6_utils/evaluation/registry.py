@@ -31,18 +31,27 @@ def is_vit(model: nn.Module) -> bool:
 class Method:
     """One attribution method as the evaluations see it.
 
-    Attributes:
-        name: the registry key.
-        target: the function, called as ``target(model, x, target, **options)``.
-        signed: whether the 2-D map keeps a sign.
-        evidence_rule: how the map is read as evidence for the class: ``"abs"``
-            (sensitivity: a large change either way), ``"positive"`` (signed relevance:
-            only what supports the class) or ``"value"`` (an unsigned map as it is).
-        reduce: how an (N, C, H, W) result becomes (N, H, W): ``"sum"`` over channels
-            (keeps the sign; LRP's conservation is over the sum) or ``None`` (already 2-D).
-        defaults: options passed to the function unless the caller overrides them.
-        architecture: ``"any"``, ``"cnn"`` (needs ReLU modules or LRP rules) or ``"vit"``.
-        label: the name in figures and tables.
+    Attributes
+    ----------
+    name : str
+        The registry key.
+    target : callable
+        The function, called as ``target(model, x, target, **options)``.
+    signed : bool
+        Whether the 2-D map keeps a sign.
+    evidence_rule : {"abs", "positive", "value"}
+        How the map is read as evidence for the class: ``"abs"`` (sensitivity: a large
+        change either way), ``"positive"`` (signed relevance: only what supports the class)
+        or ``"value"`` (an unsigned map as it is).
+    reduce : {"sum", None}
+        How an (N, C, H, W) result becomes (N, H, W): ``"sum"`` over channels (keeps the
+        sign; LRP's conservation is over the sum) or ``None`` (already 2-D).
+    defaults : dict
+        Options passed to the function unless the caller overrides them.
+    architecture : {"any", "cnn", "vit"}
+        ``"cnn"`` needs ReLU modules or LRP rules.
+    label : str
+        The name in figures and tables.
     """
 
     name: str
@@ -173,6 +182,22 @@ def method_maps(model, x, target, methods=None, options=None) -> dict[str, torch
     names = available_methods(model) if methods is None else [get_method(m).name for m in methods]
     options = _check_options(options, names)
     return {n: get_method(n)(model, x, target, **options.get(n, {})) for n in names}
+
+
+def _resolve_methods(methods, options) -> tuple[list, list, dict]:
+    """The methods a sweep runs, as (Method objects, their names, checked options).
+
+    ``methods``: one method or control (a name or a :class:`Method`) or a non-empty list of
+    them; ``options``: as in :func:`_check_options`. The randomisation sweeps share this.
+    """
+    if isinstance(methods, (str, Method)):
+        methods = [methods]
+    if not isinstance(methods, (list, tuple)) or not methods:
+        raise TypeError("methods must be a non-empty list of method or control names (evaluation.METHODS, "
+                        f"evaluation.CONTROLS), got {methods!r}")
+    chosen = [get_method(m) for m in methods]
+    names = [m.name for m in chosen]
+    return chosen, names, _check_options(options, names)
 
 
 def _check_options(options, names) -> dict:

@@ -38,7 +38,7 @@ from .. import _checks as checks
 from .._guard import check_input, check_target
 from .controls import Estimate, bootstrap, edge_map, verdict
 from .randomization import _layers, _reinitialize
-from .registry import Method, _check_options, get_method
+from .registry import _resolve_methods
 from .similarity import centred_ranks, spearman, spearman_to
 
 __all__ = ["TESTS", "Test", "SanityReport", "sanity_checks", "map_entropy"]
@@ -163,13 +163,7 @@ def sanity_checks(model: nn.Module, methods, x: torch.Tensor, target, *, seeds=(
     n_noise, noise : int, float, default 3, 0.1
         sMPRT's noisy copies and their std, as a share of x's range.
     """
-    if isinstance(methods, (str, Method)):
-        methods = [methods]
-    if not isinstance(methods, (list, tuple)) or not methods:
-        raise TypeError(f"methods must be a non-empty list of method or control names, got {methods!r}")
-    chosen = [get_method(m) for m in methods]
-    names = [m.name for m in chosen]
-    options = _check_options(options, names)
+    chosen, names, options = _resolve_methods(methods, options)
     explicit = tests is not None
     tests = list(TESTS) if tests is None else ([tests] if isinstance(tests, str) else list(tests))
     for t in tests:
