@@ -13,12 +13,29 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import chapter6_utils  # noqa: E402
+from chapter6_utils import models  # noqa: E402
+from chapter6_utils.data import normalize  # noqa: E402
+from chapter6_utils.synthetic import TEST_SEED, make_lesions  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def device() -> torch.device:
     """The device the package would pick: CUDA when present (see chapter6_utils.device)."""
     return chapter6_utils.device()
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    """``lesion_cnn``, the bundled shortcut model, loaded once per test module."""
+    return models.load("lesion_cnn")
+
+
+@pytest.fixture(scope="module")
+def x32():
+    """32 malignant lesions with a ruler, normalised, from data no model was trained or scored on."""
+    ruled = make_lesions(160, "biased", seed=TEST_SEED).select(label=1, ruler=True)
+    assert len(ruled) >= 32
+    return normalize(ruled.images[:32])
 
 
 @pytest.fixture(scope="session")

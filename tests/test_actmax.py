@@ -13,11 +13,6 @@ STEPS = 64  # enough for every effect below to show by a wide margin; keeps the 
 
 
 @pytest.fixture(scope="module")
-def cnn():
-    return models.load("lesion_cnn")
-
-
-@pytest.fixture(scope="module")
 def real():
     return make_lesions(256, "biased", seed=TEST_SEED)
 

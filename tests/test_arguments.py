@@ -28,7 +28,7 @@ def fixtures():
     f.cnn = models.load("lesion_cnn")
     f.vit = models.load("lesion_vit")
     f.gen = models.load("lesion_generator")
-    f.lesions = synthetic.make_lesions(4, "biased", seed=train.TEST_SEED)
+    f.lesions = synthetic.make_lesions(4, "biased", seed=synthetic.TEST_SEED)
     f.x = data.normalize(f.lesions.images[:2])
     f.map = torch.rand(2, 64, 64, generator=torch.Generator().manual_seed(0))
     f.mask = f.lesions.ruler_mask[:2] | f.lesions.lesion_mask[:2]

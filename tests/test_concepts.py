@@ -13,11 +13,6 @@ def rel(a, b):
 
 
 @pytest.fixture(scope="module")
-def cnn():
-    return models.load("lesion_cnn")
-
-
-@pytest.fixture(scope="module")
 def x():
     return normalize(synthetic.make_lesions(6, "biased", seed=synthetic.TEST_SEED).images)
 

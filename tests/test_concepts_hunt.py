@@ -3,13 +3,8 @@ ablation on a copy and the intervention's measurements."""
 import pytest
 import torch
 
-from chapter6_utils import concepts, data, lrp, models, synthetic
+from chapter6_utils import concepts, data, lrp, synthetic
 from chapter6_utils.data import normalize
-
-
-@pytest.fixture(scope="module")
-def cnn():
-    return models.load("lesion_cnn")
 
 
 @pytest.fixture(scope="module")

@@ -6,23 +6,8 @@ import torch
 from chapter6_utils import evaluation as ev
 from chapter6_utils import models
 from chapter6_utils.data import normalize
-from chapter6_utils.synthetic import make_lesions
-from chapter6_utils.train import TEST_SEED
 
 MALIGNANT = 1
-
-
-@pytest.fixture(scope="module")
-def cnn():
-    return models.load("lesion_cnn")
-
-
-@pytest.fixture(scope="module")
-def x32():
-    """32 malignant lesions with a ruler, from data no model was trained or scored on."""
-    ruled = make_lesions(160, "biased", seed=TEST_SEED).select(label=1, ruler=True)
-    assert len(ruled) >= 32
-    return normalize(ruled.images[:32])
 
 
 # --------------------------------------------------------------------------- controls

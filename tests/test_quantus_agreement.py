@@ -33,7 +33,7 @@ from chapter6_utils import evaluation as ev
 from chapter6_utils import models
 from chapter6_utils.data import normalize
 from chapter6_utils.synthetic import make_lesions
-from chapter6_utils.train import TEST_SEED
+from chapter6_utils.synthetic import TEST_SEED
 
 quantus = pytest.importorskip("quantus")
 

@@ -6,7 +6,7 @@ import torch.nn as nn
 import torchvision
 from captum.attr import NoiseTunnel, Saliency
 
-from chapter6_utils import models, saliency, synthetic, train
+from chapter6_utils import models, saliency, synthetic
 from chapter6_utils.data import normalize
 from chapter6_utils.saliency import gradient, gradient_x_input, saliency_map, smoothgrad
 
@@ -26,7 +26,7 @@ def no_tf32():
 
 
 def lesion_batch(n=3, dev="cpu"):
-    return normalize(synthetic.make_lesions(n, "biased", seed=train.TEST_SEED).images).to(dev)
+    return normalize(synthetic.make_lesions(n, "biased", seed=synthetic.TEST_SEED).images).to(dev)
 
 
 @pytest.fixture(scope="module")
@@ -399,7 +399,7 @@ def test_methods_leave_the_model_as_they_found_it(method):
 # --------------------------------------------------------------------------- the ruler
 @pytest.mark.bundled("lesion_cnn", "lesion_cnn_clean")
 def test_ruler_share_shortcut_vs_clean():
-    data = synthetic.make_lesions(600, "biased", seed=train.TEST_SEED).select(label=1, ruler=True)
+    data = synthetic.make_lesions(600, "biased", seed=synthetic.TEST_SEED).select(label=1, ruler=True)
     x, ruler = normalize(data.images), data.ruler_mask.float()
     shares = {}
     for name in ("lesion_cnn", "lesion_cnn_clean"):

@@ -6,23 +6,8 @@ import scipy.stats
 import torch
 
 from chapter6_utils import evaluation as ev
-from chapter6_utils import models
-from chapter6_utils.data import normalize
-from chapter6_utils.synthetic import make_lesions
-from chapter6_utils.train import TEST_SEED
 
 MALIGNANT = 1
-
-
-@pytest.fixture(scope="module")
-def cnn():
-    return models.load("lesion_cnn")
-
-
-@pytest.fixture(scope="module")
-def x32():
-    ruled = make_lesions(160, "biased", seed=TEST_SEED).select(label=1, ruler=True)
-    return normalize(ruled.images[:32])
 
 
 def test_map_entropy_is_numpys_histogram_entropy():
