@@ -2,6 +2,7 @@
 columns of the chapter's Table 1 that need nothing else (compute cost, conservation)."""
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -233,14 +234,15 @@ def conservation_error(model, method, x, target, **options) -> torch.Tensor:
     return ((total - s).abs() / s.abs()).detach()
 
 
-def relative_cost(model, method, x, target, repeat: int = 7, **options) -> float:
+def relative_cost(model, method, x, target, repeat: int = 7, *, timer=time.perf_counter, **options) -> float:
     """Wall time of ``method`` on ``x`` over that of one plain forward and backward pass of
     the same model to the input, the two timed in turn in one loop (interleaved, so
     that a machine that slows down or speeds up mid-way slows both alike): the median of
     ``repeat`` (at least 7) method timings over the median of as many baseline timings,
     after one untimed call of each. A ratio carries over between machines better than
     seconds do, though still only roughly; it is a timing, so a benchmark reads it, never
-    a test's exact assertion."""
+    a test's exact assertion. ``timer`` is the clock read around each call (seconds,
+    monotonic); a test hands in a counter to check the arithmetic without timing anything."""
     repeat = checks.integer(repeat, "repeat", low=7, hint="interleaved timings of each (the median counts); "
                             "fewer than 7 give a median that one slow call moves")
     m = get_method(method)
@@ -254,11 +256,11 @@ def relative_cost(model, method, x, target, repeat: int = 7, **options) -> float
     def timed(fn):
         if x.device.type == "cuda":
             torch.cuda.synchronize(x.device)
-        t = time.perf_counter()
+        t = timer()
         fn()
         if x.device.type == "cuda":
             torch.cuda.synchronize(x.device)
-        return time.perf_counter() - t
+        return timer() - t
 
     def run_method():
         m(model, x, target, **options)
@@ -268,9 +270,4 @@ def relative_cost(model, method, x, target, repeat: int = 7, **options) -> float
     for _ in range(repeat):
         base.append(timed(forward_backward))
         own.append(timed(run_method))
-    return _median(own) / _median(base)
-
-
-def _median(v: list) -> float:
-    v = sorted(v)
-    return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
+    return statistics.median(own) / statistics.median(base)
