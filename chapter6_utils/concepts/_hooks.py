@@ -8,26 +8,16 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .._hooks import find_layer
+
 __all__ = ["resolve_layer", "capture_output", "zero_channels"]
 
 
 def resolve_layer(model: nn.Module, layer) -> str:
     """The name of ``layer`` (a module name such as ``'features.10'``, or a submodule of
-    ``model``) in ``model``; a clear error otherwise."""
-    named = dict(model.named_modules())
-    if isinstance(layer, str):
-        if layer == "" or layer not in named:
-            convs = [n for n, m in named.items() if isinstance(m, (nn.Conv2d, nn.ReLU, nn.MaxPool2d)) and n]
-            raise ValueError(f"layer {layer!r} is not a module of {type(model).__name__}; modules with "
-                             f"channels (convolutions, their ReLUs, poolings): {', '.join(convs[:40])}")
-        return layer
-    if isinstance(layer, nn.Module):
-        for n, m in named.items():
-            if m is layer and n:
-                return n
-        raise ValueError(f"layer {type(layer).__name__} is not a submodule of {type(model).__name__}; "
-                         "pass one of its modules or its name (e.g. 'features.10')")
-    raise TypeError(f"layer must be a module name (e.g. 'features.10') or a submodule, got {type(layer).__name__}")
+    ``model``) in ``model``: the package's one lookup (:func:`chapter6_utils._hooks.find_layer`),
+    whose error lists the modules with channels (convolutions, their ReLUs, poolings)."""
+    return find_layer(model, layer, kinds=(nn.Conv2d, nn.ReLU, nn.MaxPool2d))[0]
 
 
 def capture_output(module: nn.Module, store: list):
