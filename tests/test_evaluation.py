@@ -207,6 +207,17 @@ def test_curves_start_and_end_where_they_should(cnn, ruled):
     assert (logit.scores[:, 0] - cnn(x)[:, MALIGNANT].detach()).abs().max() < 1e-4
 
 
+def test_steps_per_pass_change_no_curve(cnn, ruled):
+    """batch_size (steps per forward pass; None picks it from the device) is speed only."""
+    x = normalize(ruled.images[:5])
+    rank = ev.random_map(x, seed=1)
+    for curve in (ev.deletion_curve, ev.insertion_curve):
+        ref = curve(cnn, x, MALIGNANT, rank, steps=6, batch_size=1)
+        for batch_size in (None, 4, 7, 100):
+            other = curve(cnn, x, MALIGNANT, rank, steps=6, batch_size=batch_size)
+            torch.testing.assert_close(other.scores, ref.scores, rtol=1e-5, atol=1e-6)
+
+
 def test_deletion_removes_pixels_in_the_maps_order():
     """A model that reads one pixel: removing that pixel first drops its score at once."""
     class OnePixel(nn.Module):

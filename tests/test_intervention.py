@@ -1,4 +1,6 @@
 """Ground truth by intervention (evaluation.ruler_effect) and the meta-evaluation's tau."""
+import copy
+
 import pytest
 import scipy.stats
 import torch
@@ -37,11 +39,15 @@ def test_the_shortcut_model_has_a_ruler_effect_the_clean_one_has_not():
         ev.ruler_effect(models.load("lesion_cnn"), methods, n=8)
 
 
-def test_meta_evaluation_orders_metrics_by_their_tau_with_intervals():
+def test_meta_evaluation_orders_metrics_by_their_tau_with_intervals(monkeypatch):
     methods = ["gradient", "saliency", "gradient_x_input"]
     evaluation = ev.evaluate(methods=methods, tests=["independent"], steps=4)
     truth = ev.ruler_effect(models.load("lesion_cnn"), methods, n=48)
+    drawn = []
+    real = ev.intervention.deletion_curve
+    monkeypatch.setattr(ev.intervention, "deletion_curve", lambda *a, **k: drawn.append(1) or real(*a, **k))
     meta = ev.meta_evaluation(evaluation, truth, baselines=("blur",), steps=4, n_boot=200)
+    assert drawn == []  # every blurred curve came from the evaluation
     assert meta.methods == methods
     assert set(meta.tau) == {"MPRT: independent", "deletion AUC (blur)", "insertion AUC (blur)",
                              "relevance mass (ruler)", "rank accuracy (ruler)", "pointing game (ruler)"}
@@ -49,6 +55,14 @@ def test_meta_evaluation_orders_metrics_by_their_tau_with_intervals():
         assert est.value != est.value or -1 <= est.low <= est.value <= est.high <= 1, (name, est)
     # the score behind each tau: a lower deletion area is better, so the score is its negative
     assert all(v <= 0 for v in meta.scores["deletion AUC (blur)"].values())
+    # the blurred curves evaluate() drew (same images, steps, baseline) are reused: the same scores as drawn anew
+    bare = copy.copy(evaluation)
+    bare.curves = {}
+    again = ev.meta_evaluation(bare, truth, baselines=("blur",), steps=4, n_boot=200)
+    assert len(drawn) == len(methods)
+    for metric in ("deletion AUC (blur)", "insertion AUC (blur)"):
+        for m in methods:
+            assert again.scores[metric][m] == pytest.approx(meta.scores[metric][m], rel=1e-5, abs=1e-7)
     taus = [e.value for _, e in meta.ranking() if e.value == e.value]
     assert taus == sorted(taus, reverse=True) and "Kendall tau" in str(meta)
     with pytest.raises(ValueError, match="at least 3 methods"):

@@ -37,6 +37,22 @@ def test_guided_backprop_survives_the_cascade_the_gradient_does_not(cnn, x32):
     assert r.shape == (3, 32, 64, 64) and not torch.equal(r[0], r[1])
 
 
+def test_a_curve_for_the_first_seed_leaves_the_tests_as_they_were(cnn, x32):
+    x = x32
+    full = ev.sanity_checks(cnn, ["gradient"], x, MALIGNANT, tests=["cascading", "emprt"], curve=True, n_boot=100)
+    one = ev.sanity_checks(cnn, ["gradient"], x, MALIGNANT, tests=["cascading", "emprt"], curve=True, curve_seeds=1,
+                           n_boot=100)
+    k = len(one.layers)
+    assert one.curve["gradient"].shape == (k + 1, 1, 32)
+    assert torch.equal(one.curve["gradient"], full.curve["gradient"][:, :1])
+    for t in ("cascading", "emprt"):  # every seed still feeds the tests
+        assert torch.equal(one.values[t]["gradient"], full.values[t]["gradient"])
+    assert torch.equal(one.random["gradient"], full.random["gradient"])
+    for bad in (0, 4, 1.5):
+        with pytest.raises((ValueError, TypeError), match="curve_seeds"):
+            ev.sanity_checks(cnn, ["gradient"], x, MALIGNANT, tests=["cascading"], curve=True, curve_seeds=bad)
+
+
 def test_the_same_seed_gives_the_same_numbers(cnn, x32):
     a = ev.sanity_checks(cnn, ["gradient"], x32, MALIGNANT, tests=["bottom_up", "emprt"])
     b = ev.sanity_checks(cnn, ["gradient"], x32, MALIGNANT, tests=["bottom_up", "emprt"])

@@ -151,8 +151,9 @@ def _band(values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def similarity_bands(report, labels: dict | None = None, methods=None):
     """Spearman ρ with the trained map after each cascading step (output first): the mean
-    over seeds and images, with its 95% bootstrap band (``report``: a SanityReport run
-    with ``curve=True``). The dotted line marks the test's step, the top half."""
+    over the seeds the curve was drawn for and the images, with its 95% bootstrap band
+    (``report``: a SanityReport run with ``curve=True``). The dotted line marks the
+    test's step, the top half."""
     if not getattr(report, "curve", None):
         raise ValueError("report has no curve: run evaluation.sanity_checks(..., curve=True)")
     labels = labels or report.labels
@@ -160,6 +161,7 @@ def similarity_bands(report, labels: dict | None = None, methods=None):
     fig, ax = plt.subplots(figsize=(7.5, 4.0), layout="constrained")
     k = len(report.layers)
     steps = np.arange(k + 1)
+    n_seeds = next(iter(report.curve.values())).shape[1]
     for name in methods:
         mean, lo, hi = _band(report.curve[name].cpu().numpy())
         control = name in ("edge", "constant", "noise")
@@ -172,7 +174,8 @@ def similarity_bands(report, labels: dict | None = None, methods=None):
     ax.set_ylim(-0.3, 1.05)
     ax.set_ylabel("Spearman ρ of |map| with the trained map")
     ax.legend(fontsize=7, loc="lower left", ncol=2)
-    ax.set_title("Cascading randomisation, output first: mean over seeds x images, band: 95% bootstrap interval; "
+    over = f"{n_seeds} seeds x images" if n_seeds > 1 else "images, one re-initialisation seed"
+    ax.set_title(f"Cascading randomisation, output first: mean over {over}, band: 95% bootstrap interval; "
                  "dotted: the step the verdict reads", fontsize=8, wrap=True)
     return fig
 

@@ -104,7 +104,8 @@ class SanityReport:
         (an :class:`Estimate` over seeds and images) and on the trained network (over
         images) with the input's edge map: the random-weight lesson.
     curve : dict
-        ``[method]``: (K + 1, S, N) ρ after 0..K cascading steps (``curve=True``).
+        ``[method]``: (K + 1, S, N) ρ after 0..K cascading steps (``curve=True``; S the
+        seeds drawn, ``curve_seeds`` or all).
     trained, random : dict
         ``[method]``: maps (N, H, W) of the trained model and (S, N, H, W)
         of the fully random one.
@@ -142,8 +143,8 @@ def _noisy(x: torch.Tensor, n_noise: int, noise: float) -> list[torch.Tensor]:
 
 
 def sanity_checks(model: nn.Module, methods, x: torch.Tensor, target, *, seeds=(0, 1, 2), tests=None,
-                  shuffled_model: nn.Module | None = None, curve: bool = False, n_noise: int = 3,
-                  noise: float = 0.1, options=None, n_boot: int = 1000) -> SanityReport:
+                  shuffled_model: nn.Module | None = None, curve: bool = False, curve_seeds: int | None = None,
+                  n_noise: int = 3, noise: float = 0.1, options=None, n_boot: int = 1000) -> SanityReport:
     """Run the randomisation tests of :data:`TESTS` for ``methods`` (registry names,
     controls such as ``"edge"``, or Methods) on ``x``.
 
@@ -160,6 +161,10 @@ def sanity_checks(model: nn.Module, methods, x: torch.Tensor, target, *, seeds=(
         Names from :data:`TESTS` (default: all; ``"data"`` needs ``shuffled_model``).
     curve : bool, default False
         Also compute ρ after every cascading step (for the similarity curves).
+    curve_seeds : int, optional
+        Draw the curve for the first ``curve_seeds`` seeds only (default: all). The
+        curve is a picture; the tests read their own steps for every seed either way,
+        and each seed's curve costs K - 2 extra passes of every method.
     n_noise, noise : int, float, default 3, 0.1
         sMPRT's noisy copies and their std, as a share of x's range.
     """
@@ -186,6 +191,9 @@ def sanity_checks(model: nn.Module, methods, x: torch.Tensor, target, *, seeds=(
     if len(layers) < 2:
         raise ValueError(f"the model has {len(layers)} layer(s) with parameters; the randomisation tests need at "
                          "least 2 (see evaluation.randomization_layers)")
+    if curve_seeds is not None:
+        curve_seeds = checks.integer(curve_seeds, "curve_seeds", low=1, high=len(seeds),
+                                     hint="seeds the similarity curve is drawn for")
     k, half = len(layers), len(layers) // 2
     top = list(range(k - 1, k - 1 - half, -1))
 
@@ -225,9 +233,10 @@ def sanity_checks(model: nn.Module, methods, x: torch.Tensor, target, *, seeds=(
         ref = ranked if ref is None else ref
         return {n: spearman_to(ref[n], maps[n]) for n in names}
 
-    for s in seeds:
+    for si, s in enumerate(seeds):
         steps = []
-        if curve:  # every cascading step, output first; steps `half` and `k` serve the tests
+        on_curve = curve and (curve_seeds is None or si < curve_seeds)
+        if on_curve:  # every cascading step, output first; steps `half` and `k` serve the tests
             for i in range(1, k + 1):
                 maps_i = run(randomised(range(k - 1, k - 1 - i, -1), s))
                 steps.append(sim(maps_i))
@@ -238,7 +247,7 @@ def sanity_checks(model: nn.Module, methods, x: torch.Tensor, target, *, seeds=(
             at_half = sim(run(randomised(top, s))) if "cascading" in tests else None
             full_maps = run(randomised(range(k), s))
         for n in names:
-            if curve:
+            if on_curve:
                 curves[n].append(torch.stack([torch.ones(x.shape[0])] + [st[n].cpu() for st in steps]))
             random_maps[n].append(full_maps[n].cpu())
             edge_rho[n].append(spearman_to(edge_ranks, full_maps[n]).cpu())

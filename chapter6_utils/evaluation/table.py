@@ -114,8 +114,8 @@ def _paired(a: torch.Tensor, b: torch.Tensor, n_boot: int) -> Estimate:
 
 
 def evaluate(*, n_images: int = 32, seeds=(0, 1, 2), methods=None, controls=None, tests=None, curve: bool = False,
-             n_noise: int = 3, steps: int = 16, cost_images: int = 8, pool=None, device=None,
-             n_boot: int = 1000) -> Evaluation:
+             curve_seeds: int | None = None, n_noise: int = 3, steps: int = 16, cost_images: int = 8, pool=None,
+             device=None, n_boot: int = 1000) -> Evaluation:
     """Every measured column of Table 1 for ``methods`` (default: the seven CNN methods on
     ``lesion_cnn`` and rollout on ``lesion_vit``) and the ``controls`` (default: all).
 
@@ -124,7 +124,7 @@ def evaluate(*, n_images: int = 32, seeds=(0, 1, 2), methods=None, controls=None
     n_images : int, default 32
         Malignant lesions with a ruler (at least 32) from ``pool`` (default: a
         biased-split set drawn with ``train.EVAL_SEED``), explained for "malignant".
-    seeds, tests, curve, n_noise
+    seeds, tests, curve, curve_seeds, n_noise
         As for :func:`sanity_checks`.
     steps : int, default 16
         Points of the deletion and insertion curves (blurred baseline).
@@ -166,7 +166,7 @@ def evaluate(*, n_images: int = 32, seeds=(0, 1, 2), methods=None, controls=None
             continue
         own = tests if tests is None or name == "lesion_cnn" else [t for t in tests if t != "data"]  # no shuffled ViT
         out.sanity[name] = sanity_checks(net, group + controls, x, 1, seeds=seeds, tests=own, curve=curve,
-                                         n_noise=n_noise, n_boot=n_boot,
+                                         curve_seeds=curve_seeds, n_noise=n_noise, n_boot=n_boot,
                                          shuffled_model=shuffled if name == "lesion_cnn" else None)
     for c in controls:  # the reference rows are read on lesion_cnn
         out.model_of.setdefault(c, "lesion_cnn")
