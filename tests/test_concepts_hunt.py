@@ -170,6 +170,27 @@ def test_intervene_measures_before_and_after(cnn):
     assert "log-odds" in str(result)
 
 
+def test_intervene_sweep_is_intervene_on_each_prefix(cnn):
+    u = synthetic.make_lesions(40, "unbiased", seed=synthetic.EVAL_SEED)
+    s = synthetic.make_lesions(40, "swapped", seed=synthetic.EVAL_SEED + 1)
+    order = [5, 1, 12, 13]
+    mean = concepts.mean_activation(cnn, normalize(u.images), "features.3")
+    for fill, layer in ((None, "features.2"), (mean, "features.3")):
+        swept = concepts.intervene_sweep(cnn, layer, order, (1, 3), unbiased=u, swapped=s, fill=fill)
+        assert list(swept) == [1, 3]
+        for k, e in swept.items():
+            one = concepts.intervene(cnn, layer, order[:k], unbiased=u, swapped=s, fill=fill)
+            assert e.gain == pytest.approx(one.gain) and e.swapped == pytest.approx(one.swapped)
+            assert e.unbiased == pytest.approx(one.unbiased) and e.gain_se == pytest.approx(one.gain_se)
+    assert swept[3].gain != pytest.approx(swept[1].gain)
+    with pytest.raises(ValueError, match="exceeds"):
+        concepts.intervene_sweep(cnn, "features.2", order, (8,), unbiased=u, swapped=s)
+    with pytest.raises(ValueError, match="twice"):
+        concepts.intervene_sweep(cnn, "features.2", [1, 1], (2,), unbiased=u, swapped=s)
+    with pytest.raises(ValueError, match="empty"):
+        concepts.intervene_sweep(cnn, "features.2", order, (), unbiased=u, swapped=s)
+
+
 # --------------------------------------------------------------------------- reference images
 def test_reference_images_by_activation_and_by_relevance(cnn, lesions):
     x = normalize(lesions.images)

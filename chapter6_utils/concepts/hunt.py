@@ -31,7 +31,8 @@ from . import _hooks
 from .core import _channel_list, _channel_relevance, _input_relevance, _layer_forward, _method
 
 __all__ = ["ChannelRanking", "rank_channels", "contrast_channels", "mask_share", "mean_activation",
-           "ablate_channels", "Intervention", "intervene"]
+           "ablate_channels", "Intervention", "intervene",
+           "intervene_sweep"]
 
 
 @dataclass
@@ -358,8 +359,43 @@ def intervene(model: nn.Module, layer, channels, *, n: int = 1000, seed: int = E
     ``unbiased``, ``swapped``: LesionSets to use instead of fresh ones (to compare several
     interventions on the same images without generating them again). ``fill``: as in
     :func:`ablate_channels` (None: zero; :func:`mean_activation`: mean ablation)."""
+    return _interventions(model, layer, [channels], n, seed, unbiased, swapped, fill)[0]
+
+
+@torch.no_grad()
+def intervene_sweep(model: nn.Module, layer, order, ks=(1, 2, 4, 8), *, n: int = 1000, seed: int = EVAL_SEED,
+                    unbiased=None, swapped=None, fill=None) -> dict:
+    """:func:`intervene` for the first ``k`` channels of ``order`` (a ranking, e.g.
+    ``ChannelRanking.order``), for each ``k`` in ``ks``, on the same images; the
+    unablated model is measured once. Returns ``{k: Intervention}``.
+
+    Parameters
+    ----------
+    order : sequence of int
+        Channel indices of ``layer``, the most suspect first.
+    ks : sequence of int
+        How many channels to switch off in each trial, each in [1, len(order)].
+    n, seed, unbiased, swapped, fill
+        As in :func:`intervene`.
+    """
+    order = [int(c) for c in (order.tolist() if isinstance(order, torch.Tensor) else order)]
+    ks = [checks.integer(k, "k", low=1, hint="channels to switch off") for k in ks]
+    if not ks:
+        raise ValueError("ks is empty: give at least one number of channels, e.g. (1, 2, 4, 8)")
+    if max(ks) > len(order):
+        raise ValueError(f"k = {max(ks)} exceeds the {len(order)} channels in order; use k <= {len(order)}")
+    if len(set(order)) != len(order):
+        raise ValueError("order lists a channel twice: give each channel once, the most suspect first")
+    results = _interventions(model, layer, [order[:k] for k in ks], n, seed, unbiased, swapped, fill)
+    return dict(zip(ks, results))
+
+
+def _interventions(model, layer, channel_sets, n, seed, unbiased, swapped, fill):
+    """One Intervention per set of channels, the unablated model measured once."""
     n = checks.integer(n, "n", low=4, hint="lesions per split")
-    ablated = ablate_channels(model, layer, channels, fill=fill)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    ablated = [ablate_channels(model, layer, channels, fill=fill) for channels in channel_sets]
     p = next(model.parameters())
     unbiased = make_lesions(n, "unbiased", seed=seed) if unbiased is None else unbiased
     swapped = make_lesions(n, "swapped", seed=seed + 1) if swapped is None else swapped
@@ -370,24 +406,29 @@ def intervene(model: nn.Module, layer, channels, *, n: int = 1000, seed: int = E
     k = min(len(free), len(donor))
     free, donor = free[:k], donor[:k]
     pasted = paste_rulers(free, donor)
+    to = lambda t: t.to(p.device, p.dtype)  # noqa: E731
+
+    def measure(net):
+        check_input(net, normalize(free.images[:1]).to(p.device, p.dtype))
+        gain = (_log_odds(net, to(pasted.images)) - _log_odds(net, to(free.images))).cpu()
+        right = {name: (net(normalize(to(d.images))).argmax(1).cpu() == d.labels).float()
+                 for name, d in (("swapped", swapped), ("unbiased", unbiased))}
+        return gain, right
+
     was = model.training
     model.eval()
     try:
-        out = {}
-        for tag, net in (("before", model), ("after", ablated)):
-            check_input(net, normalize(free.images[:1]).to(p.device, p.dtype))
-            to = lambda t: t.to(p.device, p.dtype)  # noqa: E731
-            gain = (_log_odds(net, to(pasted.images)) - _log_odds(net, to(free.images))).cpu()
-            right = {name: (net(normalize(to(d.images))).argmax(1).cpu() == d.labels).float()
-                     for name, d in (("swapped", swapped), ("unbiased", unbiased))}
-            out[tag] = (gain, right)
+        g0, r0 = measure(model)
     finally:
         model.train(was)
-    (g0, r0), (g1, r1) = out["before"], out["after"]
-    return Intervention(
-        gain=(float(g0.mean()), float(g1.mean())), gain_se=_paired_se(g0, g1),
-        swapped=(float(r0["swapped"].mean()), float(r1["swapped"].mean())),
-        swapped_se=_paired_se(r0["swapped"], r1["swapped"]),
-        unbiased=(float(r0["unbiased"].mean()), float(r1["unbiased"].mean())),
-        unbiased_se=_paired_se(r0["unbiased"], r1["unbiased"]),
-        n={"pasted": k, "swapped": len(swapped), "unbiased": len(unbiased)})
+    out = []
+    for net in ablated:
+        g1, r1 = measure(net)
+        out.append(Intervention(
+            gain=(float(g0.mean()), float(g1.mean())), gain_se=_paired_se(g0, g1),
+            swapped=(float(r0["swapped"].mean()), float(r1["swapped"].mean())),
+            swapped_se=_paired_se(r0["swapped"], r1["swapped"]),
+            unbiased=(float(r0["unbiased"].mean()), float(r1["unbiased"].mean())),
+            unbiased_se=_paired_se(r0["unbiased"], r1["unbiased"]),
+            n={"pasted": k, "swapped": len(swapped), "unbiased": len(unbiased)}))
+    return out
