@@ -402,17 +402,21 @@ def _interventions(model, layer, channel_sets, n, seed, unbiased, swapped, fill)
     for name, d in (("unbiased", unbiased), ("swapped", swapped)):
         if not hasattr(d, "images") or not hasattr(d, "has_ruler"):
             raise TypeError(f"{name} must be a LesionSet (synthetic.make_lesions), got {type(d).__name__}")
-    free, donor = unbiased.select(ruler=False), unbiased.select(ruler=True)
+    free_at = torch.nonzero(~unbiased.has_ruler.bool()).flatten()
+    free, donor = unbiased[free_at], unbiased.select(ruler=True)
     k = min(len(free), len(donor))
-    free, donor = free[:k], donor[:k]
+    free_at, free, donor = free_at[:k], free[:k], donor[:k]
     pasted = paste_rulers(free, donor)
     to = lambda t: t.to(p.device, p.dtype)  # noqa: E731
 
     def measure(net):
         check_input(net, normalize(free.images[:1]).to(p.device, p.dtype))
-        gain = (_log_odds(net, to(pasted.images)) - _log_odds(net, to(free.images))).cpu()
-        right = {name: (net(normalize(to(d.images))).argmax(1).cpu() == d.labels).float()
-                 for name, d in (("swapped", swapped), ("unbiased", unbiased))}
+        splits = (("swapped", swapped), ("unbiased", unbiased))
+        z = {name: net(normalize(to(d.images))).cpu() for name, d in splits}
+        right = {name: (z[name].argmax(1) == d.labels).float() for name, d in splits}
+        # the ruler-free images are among the unbiased ones: their log-odds come from that pass
+        z_free = z["unbiased"][free_at]
+        gain = _log_odds(net, to(pasted.images)).cpu() - (z_free[:, 1] - z_free[:, 0])
         return gain, right
 
     was = model.training
