@@ -12,7 +12,8 @@ intervention (chapter 6's opening story: the classifier that learned rulers).
 3. :func:`ablate_channels` and :func:`intervene`: zero the channels on a copy of the model
    (or set them to their mean activation, :func:`mean_activation`) and measure what
    changes: the malignant log-odds a pasted ruler adds, and accuracy on the swapped and
-   unbiased splits.
+   unbiased splits; :func:`intervene_sweep` does it for the first k channels of a
+   ranking, for several k.
 """
 from __future__ import annotations
 
