@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from .._hooks import find_layer
 
-__all__ = ["resolve_layer", "capture_output", "zero_channels"]
+__all__ = ["resolve_layer", "capture_output", "set_channels"]
 
 
 def resolve_layer(model: nn.Module, layer) -> str:
@@ -29,17 +29,27 @@ def capture_output(module: nn.Module, store: list):
     return module.register_forward_hook(hook)
 
 
-def zero_channels(module: nn.Module, channels):
+def set_channels(module: nn.Module, channels, value=None):
     """Register a forward hook that sets ``channels`` of ``module``'s (N, C, H, W) output
-    to zero (an ablation; used on a copy of the model). Returns the handle."""
+    to zero (``value`` None) or to ``value`` ((len(channels), H, W) or (len(channels),),
+    the same for every image: mean ablation). Used on a copy of the model. Returns the
+    handle."""
     idx = list(channels)
 
     def hook(mod, inputs, output):
         if not isinstance(output, torch.Tensor) or output.dim() != 4:
-            raise ValueError(f"{type(mod).__name__} outputs no (N, C, H, W) feature map: no channels to zero")
+            raise ValueError(f"{type(mod).__name__} outputs no (N, C, H, W) feature map: no channels to set")
         if max(idx) >= output.shape[1]:
             raise ValueError(f"channel {max(idx)} is out of range: the layer has {output.shape[1]} channels")
         out = output.clone()
-        out[:, idx] = 0
+        if value is None:
+            out[:, idx] = 0
+        else:
+            v = value.to(out.device, out.dtype)
+            v = v[:, None, None] if v.dim() == 1 else v
+            if v.shape[1:] != out.shape[2:]:
+                raise ValueError(f"fill is {tuple(value.shape[1:])} per channel, the layer's feature map is "
+                                 f"{tuple(out.shape[2:])}: compute it on images of the same size")
+            out[:, idx] = v.expand(len(idx), *out.shape[2:])
         return out
     return module.register_forward_hook(hook)
