@@ -420,12 +420,8 @@ def _interventions(model, layer, channel_sets, n, seed, unbiased, swapped, fill)
         gain = _log_odds(net, to(pasted.images)).cpu() - (z_free[:, 1] - z_free[:, 0])
         return gain, right
 
-    was = model.training
-    model.eval()
-    try:
+    with model_guard(model):  # eval mode, the per-model lock, and the model left as found
         g0, r0 = measure(model)
-    finally:
-        model.train(was)
     out = []
     for net in ablated:
         g1, r1 = measure(net)
